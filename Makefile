@@ -1,0 +1,65 @@
+# Sandmesh: `make up` starts the mesh locally, `make test` runs the whole suite.
+# Both set the machine up first: Debian packages, a virtualenv, and the servers they need.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PROTOS := $(shell find protos -name '*.proto' | sort)
+GEN := gen/python
+
+# Debian packages: the sandbox, the interpreter it runs, and initdb/pg_ctl for throwaway clusters.
+APT_PACKAGES := bubblewrap python3 postgresql
+
+.PHONY: up test bench setup system proto proto-check lint pytest clean
+
+up: setup
+	$(BIN)/python -m sandmesh_devstack up
+
+test: setup lint proto-check pytest
+
+setup: system $(VENV)/.installed
+
+system:
+	@missing=""; \
+	for pkg in $(APT_PACKAGES); do dpkg -s $$pkg >/dev/null 2>&1 || missing="$$missing $$pkg"; done; \
+	$(PYTHON) -m venv --help >/dev/null 2>&1 && $(PYTHON) -c 'import ensurepip' 2>/dev/null || missing="$$missing python3-venv"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+# The one way Python stubs are made; CI fails when the committed ones differ.
+proto: setup
+	rm -rf $(GEN)/sandmesh
+	PATH=$(BIN):$$PATH $(BIN)/python -m grpc_tools.protoc -I protos \
+	  --python_out=$(GEN) --mypy_out=$(GEN) --grpc_python_out=$(GEN) --mypy_grpc_out=$(GEN) \
+	  $(PROTOS) >/dev/null
+
+proto-check: setup
+	$(BIN)/buf lint
+	@tmp=$$(mktemp -d); \
+	PATH=$(BIN):$$PATH $(BIN)/python -m grpc_tools.protoc -I protos \
+	  --python_out=$$tmp --mypy_out=$$tmp --grpc_python_out=$$tmp --mypy_grpc_out=$$tmp \
+	  $(PROTOS) >/dev/null; \
+	if ! diff -r $$tmp/sandmesh $(GEN)/sandmesh >/dev/null; then \
+	  diff -r $$tmp/sandmesh $(GEN)/sandmesh | head -20; rm -rf $$tmp; \
+	  echo "generated code is stale: run 'make proto' and commit the result"; exit 1; \
+	fi; rm -rf $$tmp; echo "generated code is current"
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+pytest: setup
+	$(BIN)/pytest -q
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -1,0 +1,128 @@
+"""`sandmesh`: run a program through the gateway, and operate the database."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+import grpc
+
+from sandmesh.execution.v1 import execution_pb2
+from sandmesh.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+
+LANGUAGE_BY_SUFFIX = {".py": "python3"}
+DEFAULT_GATEWAY = "127.0.0.1:50051"
+_FINAL_FAILURE_EXIT = 1
+
+
+def _language_for(path: Path, given: str | None) -> str:
+    if given:
+        return given
+    language = LANGUAGE_BY_SUFFIX.get(path.suffix)
+    if language is None:
+        raise SystemExit(f"sandmesh: cannot tell the language of {path}; pass --language")
+    return language
+
+
+def _request(args: argparse.Namespace) -> execution_pb2.ExecutionRequest:
+    path = Path(args.file)
+    try:
+        source = path.read_text()
+        stdin = Path(args.stdin).read_bytes() if args.stdin else b""
+    except OSError as exc:
+        raise SystemExit(f"sandmesh: cannot read {exc.filename}: {exc.strerror}") from None
+    return execution_pb2.ExecutionRequest(
+        language=_language_for(path, args.language), source=source, stdin=stdin, args=args.args
+    )
+
+
+async def _run(args: argparse.Namespace, request: execution_pb2.ExecutionRequest) -> int:
+    async with grpc.aio.insecure_channel(args.gateway) as channel:
+        gateway = gateway_pb2_grpc.GatewayServiceStub(channel)
+        try:
+            submitted = await gateway.SubmitExecution(
+                gateway_pb2.SubmitExecutionRequest(request=request), timeout=args.timeout
+            )
+            result = None
+            async for response in gateway.WatchExecution(
+                gateway_pb2.WatchExecutionRequest(execution_id=submitted.execution.id),
+                timeout=args.timeout,
+            ):
+                event = response.event
+                if event.HasField("output"):
+                    stream = (
+                        sys.stdout
+                        if event.output.stream == execution_pb2.OUTPUT_STREAM_STDOUT
+                        else sys.stderr
+                    )
+                    stream.buffer.write(event.output.data)
+                    stream.flush()
+                elif event.HasField("result"):
+                    result = event.result
+        except grpc.aio.AioRpcError as error:
+            print(f"sandmesh: {error.code().name}: {error.details()}", file=sys.stderr)
+            return 2
+    if result is None:
+        print("sandmesh: the stream ended without a result", file=sys.stderr)
+        return 2
+    if result.status != execution_pb2.EXECUTION_STATUS_COMPLETED or result.exit_code:
+        status = execution_pb2.ExecutionStatus.Name(result.status).removeprefix("EXECUTION_STATUS_")
+        print(f"sandmesh: {status}: {result.detail}".rstrip(": "), file=sys.stderr)
+    if result.HasField("exit_code"):
+        return result.exit_code
+    return _FINAL_FAILURE_EXIT
+
+
+async def _migrate(args: argparse.Namespace) -> int:
+    from sandmesh_db import migrate
+
+    url = args.database_url or os.environ.get("DATABASE_URL")
+    if not url:
+        print("sandmesh: set DATABASE_URL or pass --database-url", file=sys.stderr)
+        return 2
+    if args.direction == "up":
+        ran = await migrate.up(url)
+    elif args.direction == "down":
+        ran = await migrate.down(url, args.steps)
+    else:
+        for entry in await migrate.status(url):
+            mark = "applied" if entry.applied else "pending"
+            print(f"{entry.version:04d}_{entry.name}\t{mark}")
+        return 0
+    for name in ran:
+        print(f"{args.direction} {name}")
+    if not ran:
+        print("nothing to do")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="sandmesh", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run a program and print its output")
+    run.add_argument("file")
+    run.add_argument("args", nargs="*", help="command-line arguments for the program")
+    run.add_argument("--language", help="language id (default: from the file suffix)")
+    run.add_argument("--stdin", help="file to feed to the program's standard input")
+    run.add_argument(
+        "--gateway", default=os.environ.get("SANDMESH_GATEWAY", DEFAULT_GATEWAY), help="host:port"
+    )
+    run.add_argument("--timeout", type=float, default=120.0, help="seconds to wait in all")
+
+    migrate = commands.add_parser("migrate", help="apply or revert database migrations")
+    migrate.add_argument("direction", choices=["up", "down", "status"])
+    migrate.add_argument("--steps", type=int, default=1, help="how many to revert with down")
+    migrate.add_argument("--database-url", help="default: $DATABASE_URL")
+
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        sys.exit(asyncio.run(_run(args, _request(args))))
+    sys.exit(asyncio.run(_migrate(args)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,31 @@
+"""Subject and header names: the wire contract of the work queue."""
+
+from __future__ import annotations
+
+JOBS_STREAM = "JOBS"
+RESULTS_STREAM = "RESULTS"
+EVENTS_STREAM = "EVENTS"
+
+RESULTS_SUBJECT = "sandmesh.results"
+
+MSG_ID_HEADER = "Nats-Msg-Id"
+TENANT_HEADER = "Sandmesh-Tenant"
+
+EXECUTOR_CONSUMER = "executors"
+RESULTS_CONSUMER = "scheduler-results"
+STATUS_CONSUMER = "scheduler-status"
+
+
+def job_subject(lane: str) -> str:
+    """Where jobs of one priority lane are published."""
+    return f"sandmesh.jobs.{lane}"
+
+
+def event_subject(execution_id: str, kind: str) -> str:
+    """Where one execution's events of `kind` (status, output, result) are published."""
+    return f"sandmesh.events.{execution_id}.{kind}"
+
+
+def execution_events(execution_id: str) -> str:
+    """A filter matching every event of one execution."""
+    return f"sandmesh.events.{execution_id}.>"

@@ -1,0 +1,114 @@
+"""The one way a Sandmesh service runs: gRPC server, health, reflection, hooks, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from sandmesh_runtime import deadlines, interceptors, settings
+from sandmesh_runtime.health import Check, Health
+from sandmesh_runtime.logs import setup_logging
+from sandmesh_runtime.settings import env
+
+log = logging.getLogger("sandmesh.bootstrap")
+
+MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class RuntimeSettings:
+    """Settings every service shares."""
+
+    host: str = env("SANDMESH_HOST", "0.0.0.0", "address the gRPC server binds")
+    grace_s: float = env("SANDMESH_GRACE_S", 30.0, "how long in-flight calls may finish on stop")
+    health_interval_s: float = env("SANDMESH_HEALTH_INTERVAL_S", 1.0, "readiness re-check period")
+    log_level: str = env("SANDMESH_LOG_LEVEL", "INFO", "root log level")
+
+
+class Service(Protocol):
+    """What a service gives the bootstrap."""
+
+    name: str
+
+    def register(self, server: grpc.aio.Server) -> Sequence[str]:
+        """Add the servicers to `server`; return their full service names."""
+
+    def checks(self) -> Sequence[Check]:
+        """The dependency probes that decide readiness."""
+
+    async def start(self) -> None:
+        """Start background work. Must not wait for dependencies to be up."""
+
+    async def stop(self) -> None:
+        """Release dependencies after the server has drained."""
+
+
+async def serve(service: Service, port: int, runtime: RuntimeSettings) -> None:
+    """Serve `service` on `port` until SIGTERM or SIGINT, then drain and return."""
+    server = grpc.aio.server(
+        interceptors=[
+            interceptors.HookInterceptor([deadlines.deadline_hook, interceptors.logging_hook])
+        ],
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ],
+    )
+    names = list(service.register(server))
+    health = Health(names, service.checks(), runtime.health_interval_s)
+    health_pb2_grpc.add_HealthServicer_to_server(health.servicer, server)
+    reflection.enable_server_reflection(
+        [
+            *names,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ],
+        server,
+    )
+    address = f"{runtime.host}:{port}"
+    if server.add_insecure_port(address) == 0:
+        raise OSError(f"cannot listen on {address}")
+
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+
+    await health.start()
+    await server.start()
+    await service.start()
+    checker = asyncio.create_task(health.run(), name="readiness")
+    log.info("serving", extra={"address": address, "services": names})
+
+    await stopping.wait()
+    log.info("stopping: readiness is NOT_SERVING, draining", extra={"grace_s": runtime.grace_s})
+    checker.cancel()
+    await health.drain()
+    await server.stop(runtime.grace_s)
+    await service.stop()
+    log.info("stopped")
+
+
+def run(name: str, build: Callable[[], tuple[Service, int]]) -> None:
+    """Entry point of a service process: serve until stopped, then exit 0.
+
+    Any start-up or serving failure exits 1 with the reason on stderr, logged first.
+    """
+    try:
+        runtime = settings.load(RuntimeSettings)
+        setup_logging(name, runtime.log_level)
+        service, port = build()
+        asyncio.run(serve(service, port, runtime))
+    except Exception as exc:
+        log.critical("exiting: %s", exc, exc_info=True)
+        print(f"sandmesh-{name}: fatal: {exc}", file=sys.stderr, flush=True)
+        sys.exit(1)

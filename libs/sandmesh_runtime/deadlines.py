@@ -1,0 +1,80 @@
+"""Deadline propagation: the time left on the incoming call bounds every outgoing one.
+
+The deadline is kept as an absolute wall-clock time so it can cross process boundaries
+(gRPC sets it from `context.time_remaining()`; NATS carries it in a header).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+DEADLINE_HEADER = "Sandmesh-Deadline"
+
+_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("deadline", default=None)
+
+
+class DeadlineExceeded(Exception):
+    """The caller's deadline passed before the work could start."""
+
+
+def current() -> float | None:
+    """The absolute deadline (Unix seconds) of the call being served, if any."""
+    return _deadline.get()
+
+
+def set_deadline(deadline: float | None) -> contextvars.Token[float | None]:
+    """Make `deadline` the deadline of the current task and its children."""
+    return _deadline.set(deadline)
+
+
+def time_left() -> float | None:
+    """Seconds until the current deadline, or None when the caller set none."""
+    deadline = _deadline.get()
+    return None if deadline is None else deadline - time.time()
+
+
+def timeout(default: float) -> float:
+    """The timeout for an outgoing call: the time left, never more than `default`.
+
+    Raises DeadlineExceeded when nothing is left, so no downstream work starts late.
+    """
+    left = time_left()
+    if left is None:
+        return default
+    if left <= 0:
+        raise DeadlineExceeded("the caller's deadline has passed")
+    return min(left, default)
+
+
+def to_header(deadline: float) -> str:
+    """Encode an absolute deadline for a NATS header (milliseconds since the epoch)."""
+    return str(int(deadline * 1000))
+
+
+def from_header(value: str | None) -> float | None:
+    """Decode a deadline header; None when absent or malformed."""
+    if not value:
+        return None
+    try:
+        return int(value) / 1000.0
+    except ValueError:
+        return None
+
+
+@contextlib.asynccontextmanager
+async def deadline_hook(
+    method: str, context: grpc.aio.ServicerContext[Any, Any]
+) -> AsyncIterator[None]:
+    """Call hook: expose the call's deadline through `current()` while it is served."""
+    remaining = context.time_remaining()
+    token = _deadline.set(None if remaining is None else time.time() + remaining)
+    try:
+        yield
+    finally:
+        _deadline.reset(token)
