@@ -79,5 +79,7 @@ class Queue:
         await self.js.account_info()
 
     async def close(self) -> None:
+        # close, not drain: every publish was already acked, and draining would wait out
+        # the pull subscriptions of cancelled consumers.
         if self._nc is not None and not self._nc.is_closed:
-            await self._nc.drain()
+            await self._nc.close()

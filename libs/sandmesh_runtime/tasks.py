@@ -46,8 +46,10 @@ class TaskGroup:
         task = asyncio.create_task(loop(), name=name)
         self._tasks.add(task)
 
-    async def stop(self) -> None:
-        """Cancel every task and wait for them to finish."""
+    async def stop(self, grace: float = 0.0) -> None:
+        """Give the tasks `grace` seconds to end by themselves, then cancel what is left."""
+        if grace > 0 and self._tasks:
+            await asyncio.wait(self._tasks, timeout=grace)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

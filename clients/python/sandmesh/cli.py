@@ -10,12 +10,11 @@ from pathlib import Path
 
 import grpc
 
+from sandmesh import client
 from sandmesh.execution.v1 import execution_pb2
-from sandmesh.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 
 LANGUAGE_BY_SUFFIX = {".py": "python3"}
 DEFAULT_GATEWAY = "127.0.0.1:50051"
-_FINAL_FAILURE_EXIT = 1
 
 
 def _language_for(path: Path, given: str | None) -> str:
@@ -39,41 +38,29 @@ def _request(args: argparse.Namespace) -> execution_pb2.ExecutionRequest:
     )
 
 
+def _print_chunk(chunk: execution_pb2.OutputChunk) -> None:
+    stream = sys.stdout if chunk.stream == execution_pb2.OUTPUT_STREAM_STDOUT else sys.stderr
+    stream.buffer.write(chunk.data)
+    stream.flush()
+
+
 async def _run(args: argparse.Namespace, request: execution_pb2.ExecutionRequest) -> int:
     async with grpc.aio.insecure_channel(args.gateway) as channel:
-        gateway = gateway_pb2_grpc.GatewayServiceStub(channel)
         try:
-            submitted = await gateway.SubmitExecution(
-                gateway_pb2.SubmitExecutionRequest(request=request), timeout=args.timeout
+            result = await client.run(
+                channel, request, timeout=args.timeout, on_output=_print_chunk
             )
-            result = None
-            async for response in gateway.WatchExecution(
-                gateway_pb2.WatchExecutionRequest(execution_id=submitted.execution.id),
-                timeout=args.timeout,
-            ):
-                event = response.event
-                if event.HasField("output"):
-                    stream = (
-                        sys.stdout
-                        if event.output.stream == execution_pb2.OUTPUT_STREAM_STDOUT
-                        else sys.stderr
-                    )
-                    stream.buffer.write(event.output.data)
-                    stream.flush()
-                elif event.HasField("result"):
-                    result = event.result
         except grpc.aio.AioRpcError as error:
             print(f"sandmesh: {error.code().name}: {error.details()}", file=sys.stderr)
             return 2
-    if result is None:
-        print("sandmesh: the stream ended without a result", file=sys.stderr)
-        return 2
-    if result.status != execution_pb2.EXECUTION_STATUS_COMPLETED or result.exit_code:
-        status = execution_pb2.ExecutionStatus.Name(result.status).removeprefix("EXECUTION_STATUS_")
-        print(f"sandmesh: {status}: {result.detail}".rstrip(": "), file=sys.stderr)
+        except client.StreamEnded as exc:
+            print(f"sandmesh: {exc}", file=sys.stderr)
+            return 2
+    if result.status != execution_pb2.EXECUTION_STATUS_COMPLETED:
+        print(f"sandmesh: {client.status_name(result.status)}: {result.detail}", file=sys.stderr)
     if result.HasField("exit_code"):
         return result.exit_code
-    return _FINAL_FAILURE_EXIT
+    return 1
 
 
 async def _migrate(args: argparse.Namespace) -> int:

@@ -1,0 +1,49 @@
+"""A small async client for the gateway: submit a program and follow it to its result."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import grpc
+
+from sandmesh.execution.v1 import execution_pb2
+from sandmesh.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+
+OutputHandler = Callable[[execution_pb2.OutputChunk], Awaitable[None] | None]
+
+
+class StreamEnded(RuntimeError):
+    """The watch stream closed before the final result arrived."""
+
+
+async def run(
+    channel: grpc.aio.Channel,
+    request: execution_pb2.ExecutionRequest,
+    *,
+    timeout: float = 120.0,
+    on_output: OutputHandler | None = None,
+) -> execution_pb2.ExecutionResult:
+    """Submit `request` and watch it to the end, passing output chunks to `on_output`.
+
+    Raises grpc.aio.AioRpcError when the gateway refuses the call.
+    """
+    gateway = gateway_pb2_grpc.GatewayServiceStub(channel)
+    submitted = await gateway.SubmitExecution(
+        gateway_pb2.SubmitExecutionRequest(request=request), timeout=timeout
+    )
+    async for response in gateway.WatchExecution(
+        gateway_pb2.WatchExecutionRequest(execution_id=submitted.execution.id), timeout=timeout
+    ):
+        event = response.event
+        if event.HasField("output") and on_output is not None:
+            pending = on_output(event.output)
+            if pending is not None:
+                await pending
+        elif event.HasField("result"):
+            return event.result
+    raise StreamEnded(f"the watch of {submitted.execution.id} ended without a result")
+
+
+def status_name(status: execution_pb2.ExecutionStatus.ValueType) -> str:
+    """`EXECUTION_STATUS_COMPLETED` → `COMPLETED`."""
+    return execution_pb2.ExecutionStatus.Name(status).removeprefix("EXECUTION_STATUS_")

@@ -1,0 +1,70 @@
+"""Translation between the sandbox's outcome and the wire's ExecutionResult."""
+
+from __future__ import annotations
+
+from sandmesh.execution.v1 import execution_pb2
+from services.executor.sandbox.limits import SandboxLimits
+from services.executor.sandbox.runner import RunOutcome, Verdict
+
+_STATUS = {
+    Verdict.COMPLETED: execution_pb2.EXECUTION_STATUS_COMPLETED,
+    Verdict.FAILED: execution_pb2.EXECUTION_STATUS_FAILED,
+    Verdict.TIMEOUT: execution_pb2.EXECUTION_STATUS_TIMEOUT,
+    Verdict.MEMORY_LIMIT: execution_pb2.EXECUTION_STATUS_MEMORY_LIMIT,
+    Verdict.OUTPUT_LIMIT: execution_pb2.EXECUTION_STATUS_OUTPUT_LIMIT,
+    Verdict.SYSTEM_ERROR: execution_pb2.EXECUTION_STATUS_SYSTEM_ERROR,
+}
+
+# Stable error codes clients can match on (E001 compile, E002 runtime, E003 memory,
+# E004 time, E005 system, E006 unsafe).
+_ERROR_CODE = {
+    Verdict.COMPLETED: "",
+    Verdict.FAILED: "E002",
+    Verdict.TIMEOUT: "E004",
+    Verdict.MEMORY_LIMIT: "E003",
+    Verdict.OUTPUT_LIMIT: "E002",
+    Verdict.SYSTEM_ERROR: "E005",
+}
+
+
+def sandbox_limits(limits: execution_pb2.Limits) -> SandboxLimits:
+    """Resolved wire limits in the sandbox's units."""
+    return SandboxLimits(
+        wall_time_s=limits.wall_time_ms / 1000,
+        cpu_time_s=limits.cpu_time_ms / 1000,
+        memory_bytes=limits.memory_mb * 1024 * 1024,
+        max_processes=limits.max_processes,
+        output_bytes=limits.output_bytes,
+        file_size_bytes=limits.file_size_bytes,
+        tmp_bytes=limits.tmp_mb * 1024 * 1024,
+    )
+
+
+def to_result(outcome: RunOutcome) -> execution_pb2.ExecutionResult:
+    """The wire result of one sandboxed run."""
+    result = execution_pb2.ExecutionResult(
+        status=_STATUS[outcome.verdict],
+        stdout=outcome.stdout,
+        stderr=outcome.stderr,
+        stdout_truncated=outcome.stdout_truncated,
+        stderr_truncated=outcome.stderr_truncated,
+        signal=outcome.signal_name or "",
+        error_code=_ERROR_CODE[outcome.verdict],
+        detail=outcome.detail,
+        usage=execution_pb2.ResourceUsage(
+            wall_time_ms=outcome.wall_time_ms,
+            cpu_time_ms=outcome.cpu_time_ms,
+            peak_memory_bytes=outcome.peak_memory_bytes,
+            bytes_written=len(outcome.stdout) + len(outcome.stderr),
+        ),
+    )
+    if outcome.exit_code is not None:
+        result.exit_code = outcome.exit_code
+    return result
+
+
+def refused(
+    status: execution_pb2.ExecutionStatus.ValueType, detail: str
+) -> execution_pb2.ExecutionResult:
+    """A result for a job that was not run at all."""
+    return execution_pb2.ExecutionResult(status=status, detail=detail)

@@ -1,0 +1,54 @@
+"""The gateway as the bootstrap runs it: its downstream channels and servicer."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import grpc
+
+from sandmesh.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+from sandmesh.scheduler.v1 import scheduler_pb2_grpc
+from sandmesh_queue.connection import Queue
+from sandmesh_runtime import clients
+from sandmesh_runtime.health import Check
+from sandmesh_runtime.tasks import TaskGroup
+from services.gateway.server import GatewayServicer
+from services.gateway.settings import GatewaySettings
+
+
+class Gateway:
+    name = "gateway"
+
+    def __init__(self, settings: GatewaySettings) -> None:
+        self.settings = settings
+        self.queue = Queue(settings.nats_url, "sandmesh-gateway")
+        self.tasks = TaskGroup()
+        self.scheduler_channel: grpc.aio.Channel | None = None
+
+    def register(self, server: grpc.aio.Server) -> Sequence[str]:
+        self.scheduler_channel = clients.channel(self.settings.scheduler_target)
+        # RPCs not written yet fall through to the generated base: UNIMPLEMENTED.
+        servicer = GatewayServicer(  # type: ignore[abstract]
+            scheduler_pb2_grpc.SchedulerServiceStub(self.scheduler_channel),
+            self.queue,
+            self.settings,
+        )
+        gateway_pb2_grpc.add_GatewayServiceServicer_to_server(servicer, server)
+        return [gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name]
+
+    def checks(self) -> Sequence[Check]:
+        # The scheduler is left out on purpose: a gateway that went unready with it would take
+        # every replica out of the load balancer at once, when it should answer UNAVAILABLE.
+        return [Check("nats", self.queue.ping)]
+
+    async def start(self) -> None:
+        self.tasks.supervise("nats", self._connect, forever=False)
+
+    async def _connect(self) -> None:
+        await self.queue.ready()
+
+    async def stop(self) -> None:
+        await self.tasks.stop()
+        await self.queue.close()
+        if self.scheduler_channel is not None:
+            await self.scheduler_channel.close()

@@ -1,0 +1,21 @@
+"""Gateway settings, from the environment."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sandmesh_runtime.settings import env
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    port: int = env("SANDMESH_GATEWAY_PORT", 50051, "gRPC port")
+    scheduler_target: str = env("SANDMESH_SCHEDULER_TARGET", "127.0.0.1:50052", "scheduler")
+    nats_url: str = env("NATS_URL", "nats://127.0.0.1:4222", "NATS with JetStream (events)")
+    max_source_bytes: int = env("SANDMESH_MAX_SOURCE_BYTES", 256 * 1024, "largest source")
+    queue_ttl_s: float = env(
+        "SANDMESH_QUEUE_TTL_S", 600.0, "how long a submitted execution may wait to run"
+    )
+    downstream_timeout_s: float = env(
+        "SANDMESH_DOWNSTREAM_TIMEOUT_S", 10.0, "longest call to a downstream service"
+    )

@@ -1,0 +1,32 @@
+"""Checks on public requests; each problem names the field and what is wrong."""
+
+from __future__ import annotations
+
+from sandmesh.execution.v1 import execution_pb2
+from sandmesh_contracts.files import is_plain_file_name
+
+Violations = list[tuple[str, str]]
+
+
+def execution_request(
+    request: execution_pb2.ExecutionRequest, prefix: str, max_source_bytes: int
+) -> Violations:
+    """Problems with an ExecutionRequest found at `prefix` in the call's message."""
+    problems: Violations = []
+    if not request.language:
+        problems.append((f"{prefix}.language", "must not be empty"))
+    source_bytes = len(request.source.encode())
+    if not request.source:
+        problems.append((f"{prefix}.source", "must not be empty"))
+    elif source_bytes > max_source_bytes:
+        problems.append(
+            (f"{prefix}.source", f"must be at most {max_source_bytes} bytes, got {source_bytes}")
+        )
+    if request.priority not in execution_pb2.Priority.values():
+        problems.append((f"{prefix}.priority", f"unknown priority {request.priority}"))
+    for index, extra in enumerate(request.files):
+        if not is_plain_file_name(extra.name):
+            problems.append(
+                (f"{prefix}.files[{index}].name", f"must be a plain file name, got {extra.name!r}")
+            )
+    return problems

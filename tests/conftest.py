@@ -1,0 +1,74 @@
+"""Real servers for the suite: NATS with JetStream, Postgres, and the four services.
+
+They are started here as local processes (testcontainers would need a Docker engine,
+which this kind of machine does not have), once per test session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+
+from sandmesh.gateway.v1 import gateway_pb2_grpc
+from sandmesh_db import migrate
+from sandmesh_devstack.mesh import SERVICES, Mesh
+from sandmesh_devstack.nats import LocalNats
+from sandmesh_devstack.ports import free_port
+from sandmesh_devstack.postgres import LocalPostgres
+
+
+@dataclass(frozen=True)
+class Servers:
+    nats: LocalNats
+    postgres: LocalPostgres
+
+
+@pytest.fixture(scope="session")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
+    base = tmp_path_factory.mktemp("servers")
+    nats = LocalNats.start(base / "nats")
+    postgres = LocalPostgres.start(base / "postgres")
+    asyncio.run(migrate.up(postgres.url))
+    try:
+        yield Servers(nats, postgres)
+    finally:
+        nats.stop()
+        postgres.destroy()
+
+
+def start_mesh(servers: Servers, log_dir: Path, extra_env: dict[str, str] | None = None) -> Mesh:
+    """The four services on free ports against the session's servers, ready to serve."""
+    mesh = Mesh(
+        log_dir,
+        servers.nats.url,
+        servers.postgres.url,
+        ports={name: free_port() for name in SERVICES},
+        extra_env=extra_env,
+    )
+    mesh.start()
+    try:
+        mesh.wait_ready()
+    except BaseException:
+        mesh.stop()
+        raise
+    return mesh
+
+
+@pytest.fixture(scope="session")
+def mesh(servers: Servers, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
+    running = start_mesh(servers, tmp_path_factory.mktemp("mesh"))
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture
+async def gateway(mesh: Mesh) -> AsyncIterator[gateway_pb2_grpc.GatewayServiceAsyncStub]:
+    async with grpc.aio.insecure_channel(mesh.services["gateway"].target) as channel:
+        yield gateway_pb2_grpc.GatewayServiceStub(channel)

@@ -1,0 +1,94 @@
+"""The user's commands: `sandmesh run FILE` and `make up` (its devstack entry point)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from sandmesh_devstack.mesh import Mesh
+from sandmesh_devstack.ports import free_port
+
+SANDMESH = str(Path(sys.executable).parent / "sandmesh")
+
+
+def test_sandmesh_run_prints_output_and_exits_with_the_program_code(
+    mesh: Mesh, tmp_path: Path
+) -> None:
+    program = tmp_path / "greet.py"
+    program.write_text(
+        "import sys\nprint('out line')\nprint('err line', file=sys.stderr)\nsys.exit(4)\n"
+    )
+    done = subprocess.run(
+        [SANDMESH, "run", str(program), "--gateway", mesh.services["gateway"].target],
+        capture_output=True,
+        timeout=60,
+    )
+    assert done.stdout == b"out line\n"
+    assert done.stderr.startswith(b"err line\n")
+    assert done.returncode == 4
+
+
+def test_sandmesh_run_passes_arguments_and_stdin(mesh: Mesh, tmp_path: Path) -> None:
+    program = tmp_path / "echo.py"
+    program.write_text("import sys\nprint(sys.argv[1:], sys.stdin.read().upper())\n")
+    feed = tmp_path / "in.txt"
+    feed.write_text("abc")
+    done = subprocess.run(
+        [
+            SANDMESH,
+            "run",
+            str(program),
+            "x",
+            "y",
+            "--stdin",
+            str(feed),
+            "--gateway",
+            mesh.services["gateway"].target,
+        ],
+        capture_output=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == b"['x', 'y'] ABC\n"
+
+
+def test_sandmesh_run_on_a_missing_file_says_so(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [SANDMESH, "run", str(tmp_path / "nope.py")], capture_output=True, timeout=30
+    )
+    assert done.returncode != 0
+    assert b"cannot read" in done.stderr and b"nope.py" in done.stderr
+
+
+def test_make_up_entry_point_starts_everything_and_prints_the_smoke_output(
+    tmp_path: Path,
+) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("NATS_URL", "DATABASE_URL")}
+    for variable in (
+        "SANDMESH_GATEWAY_PORT",
+        "SANDMESH_SCHEDULER_PORT",
+        "SANDMESH_EXECUTOR_PORT",
+        "SANDMESH_BROWSER_POOL_PORT",
+    ):
+        env[variable] = str(free_port())
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sandmesh_devstack",
+            "up",
+            "--exit-after-smoke",
+            "--dir",
+            str(tmp_path / "devstack"),
+        ],
+        capture_output=True,
+        env=env,
+        timeout=180,
+        text=True,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "hello from sandmesh on 3." in done.stdout
+    assert "all four services are ready" in done.stdout
+    assert "gateway exit 0" in done.stdout
