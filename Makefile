@@ -40,14 +40,14 @@ proto: setup
 	rm -rf $(GEN)/sandmesh
 	PATH=$(BIN):$$PATH $(BIN)/python -m grpc_tools.protoc -I protos \
 	  --python_out=$(GEN) --mypy_out=$(GEN) --grpc_python_out=$(GEN) --mypy_grpc_out=$(GEN) \
-	  $(PROTOS) >/dev/null
+	  $(PROTOS) 2>&1 | grep -v '^Writing mypy' || true
 
 proto-check: setup
 	$(BIN)/buf lint
 	@tmp=$$(mktemp -d); \
 	PATH=$(BIN):$$PATH $(BIN)/python -m grpc_tools.protoc -I protos \
 	  --python_out=$$tmp --mypy_out=$$tmp --grpc_python_out=$$tmp --mypy_grpc_out=$$tmp \
-	  $(PROTOS) >/dev/null; \
+	  $(PROTOS) 2>&1 | grep -v '^Writing mypy'; \
 	if ! diff -r $$tmp/sandmesh $(GEN)/sandmesh >/dev/null; then \
 	  diff -r $$tmp/sandmesh $(GEN)/sandmesh | head -20; rm -rf $$tmp; \
 	  echo "generated code is stale: run 'make proto' and commit the result"; exit 1; \

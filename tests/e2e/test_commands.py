@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from sandmesh_devstack.mesh import Mesh
+from sandmesh_devstack.mesh import Mesh, health_status
 from sandmesh_devstack.ports import free_port
 
 SANDMESH = str(Path(sys.executable).parent / "sandmesh")
@@ -92,3 +92,14 @@ def test_make_up_entry_point_starts_everything_and_prints_the_smoke_output(
     assert "hello from sandmesh on 3." in done.stdout
     assert "all four services are ready" in done.stdout
     assert "gateway exit 0" in done.stdout
+
+
+def test_supervisor_restarts_a_service_that_dies(mesh: Mesh) -> None:
+    service = mesh.services["browser-pool"]
+    assert service.process is not None
+    service.process.kill()
+    service.process.wait(10)
+    restarted = mesh.restart_dead()
+    assert restarted == [("browser-pool", -9)]
+    mesh.wait_ready(30)
+    assert health_status(service.target, "readiness") == "SERVING"
