@@ -8,8 +8,10 @@ BIN := $(VENV)/bin
 PROTOS := $(shell find protos -name '*.proto' | sort)
 GEN := gen/python
 
-# Debian packages: the sandbox, the interpreter it runs, and initdb/pg_ctl for throwaway clusters.
-APT_PACKAGES := bubblewrap python3 postgresql
+# Debian packages: the sandbox and the toolchains it runs, Chromium for the browser pool,
+# and initdb/pg_ctl for throwaway Postgres clusters.
+APT_PACKAGES := bubblewrap python3 nodejs gcc g++ golang-go default-jdk-headless php-cli ruby \
+	chromium postgresql
 
 .PHONY: up test bench setup system proto proto-check lint pytest clean
 

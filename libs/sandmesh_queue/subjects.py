@@ -7,6 +7,8 @@ RESULTS_STREAM = "RESULTS"
 EVENTS_STREAM = "EVENTS"
 
 RESULTS_SUBJECT = "sandmesh.results"
+# Core NATS (not JetStream): every executor hears it and kills the named run if it has it.
+CANCEL_SUBJECT = "sandmesh.control.cancel"
 
 MSG_ID_HEADER = "Nats-Msg-Id"
 TENANT_HEADER = "Sandmesh-Tenant"
