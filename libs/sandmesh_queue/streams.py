@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 from nats.js import JetStreamContext
 from nats.js.api import (
@@ -25,8 +26,9 @@ DUPLICATE_WINDOW_S = 120.0
 EVENTS_MAX_AGE_S = 3600.0
 
 # An executor heartbeats with in_progress() well inside this; a silent one is presumed dead.
-JOB_ACK_WAIT_S = 30.0
-JOB_MAX_DELIVER = 5
+# Both are settings so tests and small clusters can shorten the wait for redelivery.
+JOB_ACK_WAIT_S = float(os.environ.get("SANDMESH_JOB_ACK_WAIT_S", "30"))
+JOB_MAX_DELIVER = int(os.environ.get("SANDMESH_JOB_MAX_DELIVER", "5"))
 
 STREAMS = (
     StreamConfig(
@@ -43,6 +45,13 @@ STREAMS = (
         retention=RetentionPolicy.WORK_QUEUE,
         storage=StorageType.FILE,
         duplicate_window=DUPLICATE_WINDOW_S,
+    ),
+    # Advisories are fire-and-forget; a stream keeps them until the scheduler has handled them.
+    StreamConfig(
+        name=subjects.ADVISORIES_STREAM,
+        subjects=[subjects.MAX_DELIVERIES_ADVISORY],
+        retention=RetentionPolicy.WORK_QUEUE,
+        storage=StorageType.FILE,
     ),
     StreamConfig(
         name=subjects.EVENTS_STREAM,
@@ -81,6 +90,14 @@ CONSUMERS = (
             ack_wait=30.0,
             deliver_policy=DeliverPolicy.NEW,
             filter_subject="sandmesh.events.*.status",
+        ),
+    ),
+    (
+        subjects.ADVISORIES_STREAM,
+        ConsumerConfig(
+            durable_name=subjects.DEAD_LETTER_CONSUMER,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=30.0,
         ),
     ),
 )

@@ -5,6 +5,7 @@ from __future__ import annotations
 JOBS_STREAM = "JOBS"
 RESULTS_STREAM = "RESULTS"
 EVENTS_STREAM = "EVENTS"
+ADVISORIES_STREAM = "ADVISORIES"
 
 RESULTS_SUBJECT = "sandmesh.results"
 # Core NATS (not JetStream): every executor hears it and kills the named run if it has it.
@@ -16,6 +17,10 @@ TENANT_HEADER = "Sandmesh-Tenant"
 EXECUTOR_CONSUMER = "executors"
 RESULTS_CONSUMER = "scheduler-results"
 STATUS_CONSUMER = "scheduler-status"
+DEAD_LETTER_CONSUMER = "scheduler-dead-letters"
+
+# JetStream announces a job that used up max_deliver here, as a plain NATS message.
+MAX_DELIVERIES_ADVISORY = f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{JOBS_STREAM}.>"
 
 
 def job_subject(lane: str) -> str:

@@ -15,6 +15,7 @@ from typing import Any
 import grpc
 
 DEADLINE_HEADER = "Sandmesh-Deadline"
+HANDOFF_MARGIN_S = 0.005
 
 _deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("deadline", default=None)
 
@@ -42,11 +43,14 @@ def time_left() -> float | None:
 def timeout(default: float) -> float:
     """The timeout for an outgoing call: the time left, never more than `default`.
 
+    A few milliseconds are held back so the answer can still reach our caller in time, and
+    so gRPC's rounding of the timeout on the wire never hands the callee more than we had.
     Raises DeadlineExceeded when nothing is left, so no downstream work starts late.
     """
     left = time_left()
     if left is None:
         return default
+    left -= HANDOFF_MARGIN_S
     if left <= 0:
         raise DeadlineExceeded("the caller's deadline has passed")
     return min(left, default)
@@ -71,10 +75,13 @@ def from_header(value: str | None) -> float | None:
 async def deadline_hook(
     method: str, context: grpc.aio.ServicerContext[Any, Any]
 ) -> AsyncIterator[None]:
-    """Call hook: expose the call's deadline through `current()` while it is served."""
+    """Call hook: expose the call's deadline through `current()` while it is served, and
+    answer DEADLINE_EXCEEDED when the handler found no time left to go on."""
     remaining = context.time_remaining()
     token = _deadline.set(None if remaining is None else time.time() + remaining)
     try:
         yield
+    except DeadlineExceeded as exc:
+        await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(exc))
     finally:
         _deadline.reset(token)

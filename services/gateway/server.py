@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
-from typing import Any, TypeAlias
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, NoReturn, TypeAlias, TypeVar
 
 import grpc
 import nats.errors
 from google.protobuf.timestamp_pb2 import Timestamp
+from grpc_status import rpc_status
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from sandmesh.execution.v1 import execution_pb2
@@ -24,6 +25,7 @@ from services.gateway.settings import GatewaySettings
 log = logging.getLogger("sandmesh.gateway")
 
 Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
+T = TypeVar("T")
 
 # Until API keys land, every caller acts for this tenant.
 DEFAULT_TENANT = "default"
@@ -35,21 +37,13 @@ def _tenant(context: Context) -> str:
     return DEFAULT_TENANT
 
 
-async def _forward_error(context: Context, error: grpc.aio.AioRpcError) -> None:
-    """Pass a downstream refusal on unchanged, details included."""
-    if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
-        await errors.abort(context, grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
-    status = await _rich_status(error)
-    if status is not None:
-        await context.abort_with_status(status)
-    await context.abort(error.code(), error.details() or "")
-
-
-async def _rich_status(error: grpc.aio.AioRpcError) -> Any:
-    from grpc_status import rpc_status
-
+async def _forward_error(context: Context, error: grpc.aio.AioRpcError) -> NoReturn:
+    """Pass a downstream refusal on unchanged, google.rpc details included."""
     status = rpc_status.from_call(error)
-    return None if status is None else rpc_status.to_status(status)
+    if status is not None:
+        await context.abort_with_status(rpc_status.to_status(status))
+    await context.abort(error.code(), error.details() or "")
+    raise AssertionError("abort returned")  # pragma: no cover
 
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
@@ -63,16 +57,20 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self._queue = queue
         self._settings = settings
 
-    async def _get(self, context: Context, execution_id: str) -> execution_pb2.Execution:
+    async def _forward(self, context: Context, call: Callable[[float], Awaitable[T]]) -> T:
+        """Run a downstream call with the time left on ours; relay its refusal as ours."""
         try:
-            response = await self._scheduler.GetExecution(
-                scheduler_pb2.GetExecutionRequest(
-                    tenant=_tenant(context), execution_id=execution_id
-                ),
-                timeout=deadlines.timeout(self._settings.downstream_timeout_s),
-            )
+            return await call(deadlines.timeout(self._settings.downstream_timeout_s))
         except grpc.aio.AioRpcError as error:
             await _forward_error(context, error)
+
+    async def _get(self, context: Context, execution_id: str) -> execution_pb2.Execution:
+        request = scheduler_pb2.GetExecutionRequest(
+            tenant=_tenant(context), execution_id=execution_id
+        )
+        response = await self._forward(
+            context, lambda timeout: self._scheduler.GetExecution(request, timeout=timeout)
+        )
         return response.execution
 
     async def SubmitExecution(
@@ -81,22 +79,27 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         problems = validation.execution_request(
             request.request, "request", self._settings.max_source_bytes
         )
+        if len(request.idempotency_key) > validation.MAX_KEY_LENGTH:
+            problems.append(
+                (
+                    "idempotency_key",
+                    f"must be at most {validation.MAX_KEY_LENGTH} characters,"
+                    f" got {len(request.idempotency_key)}",
+                )
+            )
         if problems:
             await errors.invalid_argument(context, problems)
         deadline = Timestamp()
         deadline.FromNanoseconds(int((time.time() + self._settings.queue_ttl_s) * 1e9))
-        try:
-            response = await self._scheduler.Enqueue(
-                scheduler_pb2.EnqueueRequest(
-                    tenant=_tenant(context),
-                    request=request.request,
-                    idempotency_key=request.idempotency_key,
-                    deadline=deadline,
-                ),
-                timeout=deadlines.timeout(self._settings.downstream_timeout_s),
-            )
-        except grpc.aio.AioRpcError as error:
-            await _forward_error(context, error)
+        enqueue = scheduler_pb2.EnqueueRequest(
+            tenant=_tenant(context),
+            request=request.request,
+            idempotency_key=request.idempotency_key,
+            deadline=deadline,
+        )
+        response = await self._forward(
+            context, lambda timeout: self._scheduler.Enqueue(enqueue, timeout=timeout)
+        )
         return gateway_pb2.SubmitExecutionResponse(execution=response.execution)
 
     async def GetExecution(
@@ -107,6 +110,45 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         return gateway_pb2.GetExecutionResponse(
             execution=await self._get(context, request.execution_id)
         )
+
+    async def CancelExecution(
+        self, request: gateway_pb2.CancelExecutionRequest, context: Context
+    ) -> gateway_pb2.CancelExecutionResponse:
+        if not request.execution_id:
+            await errors.invalid_argument(context, [("execution_id", "must not be empty")])
+        cancel = scheduler_pb2.CancelExecutionRequest(
+            tenant=_tenant(context), execution_id=request.execution_id
+        )
+        response = await self._forward(
+            context, lambda timeout: self._scheduler.CancelExecution(cancel, timeout=timeout)
+        )
+        return gateway_pb2.CancelExecutionResponse(execution=response.execution)
+
+    async def ListDeadLetters(
+        self, request: gateway_pb2.ListDeadLettersRequest, context: Context
+    ) -> gateway_pb2.ListDeadLettersResponse:
+        listing = scheduler_pb2.ListDeadLettersRequest(
+            tenant=_tenant(context), page_size=request.page_size, page_token=request.page_token
+        )
+        response = await self._forward(
+            context, lambda timeout: self._scheduler.ListDeadLetters(listing, timeout=timeout)
+        )
+        return gateway_pb2.ListDeadLettersResponse(
+            dead_letters=response.dead_letters, next_page_token=response.next_page_token
+        )
+
+    async def ReplayDeadLetter(
+        self, request: gateway_pb2.ReplayDeadLetterRequest, context: Context
+    ) -> gateway_pb2.ReplayDeadLetterResponse:
+        if not request.dead_letter_id:
+            await errors.invalid_argument(context, [("dead_letter_id", "must not be empty")])
+        replay = scheduler_pb2.ReplayDeadLetterRequest(
+            tenant=_tenant(context), dead_letter_id=request.dead_letter_id
+        )
+        response = await self._forward(
+            context, lambda timeout: self._scheduler.ReplayDeadLetter(replay, timeout=timeout)
+        )
+        return gateway_pb2.ReplayDeadLetterResponse(execution=response.execution)
 
     async def WatchExecution(
         self, request: gateway_pb2.WatchExecutionRequest, context: Context

@@ -7,6 +7,8 @@ from sandmesh_contracts.files import is_plain_file_name
 
 Violations = list[tuple[str, str]]
 
+MAX_KEY_LENGTH = 200
+
 
 def execution_request(
     request: execution_pb2.ExecutionRequest, prefix: str, max_source_bytes: int

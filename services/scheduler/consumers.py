@@ -1,65 +1,100 @@
-"""The scheduler's JetStream consumers: results to store, and status changes to record."""
+"""The scheduler's background work: JetStream consumers and the sweeper."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 
 import nats.errors
+from nats.aio.msg import Msg
 
 from sandmesh.execution.v1 import execution_pb2
 from sandmesh_queue import messages, subjects
 from sandmesh_queue.connection import Queue
-from services.scheduler.store import ExecutionStore
+from services.scheduler.lifecycle import Lifecycle
 
 log = logging.getLogger("sandmesh.scheduler")
 
 FETCH_WAIT_S = 5.0
 
 
-async def store_results(queue: Queue, store: ExecutionStore) -> None:
-    """Store every result exactly once, then emit the execution's final event, then ack."""
+async def consume(
+    queue: Queue, stream: str, durable: str, handle: Callable[[Msg], Awaitable[None]]
+) -> None:
+    """Pull one message at a time from a durable consumer; ack each once handled.
+
+    A handler that raises leaves its message unacked, so JetStream redelivers it.
+    """
     js = await queue.ready()
-    subscription = await js.pull_subscribe_bind(
-        durable=subjects.RESULTS_CONSUMER, stream=subjects.RESULTS_STREAM
-    )
+    subscription = await js.pull_subscribe_bind(durable=durable, stream=stream)
     while True:
         try:
+            # One at a time: fetch(batch=N) waits out its timeout when fewer than N are pending.
             batch = await subscription.fetch(1, timeout=FETCH_WAIT_S)
         except nats.errors.TimeoutError:
             continue
         for msg in batch:
-            job_result = execution_pb2.JobResult.FromString(msg.data)
-            stored = await store.finish(
-                job_result.execution_id, job_result.attempt, job_result.result
+            await handle(msg)
+            await msg.ack()
+
+
+def store_results(lifecycle: Lifecycle) -> Callable[[Msg], Awaitable[None]]:
+    """Store every result exactly once; only the first store emits the final event."""
+
+    async def handle(msg: Msg) -> None:
+        job_result = execution_pb2.JobResult.FromString(msg.data)
+        stored = await lifecycle.store.finish(
+            job_result.execution_id, job_result.attempt, job_result.result
+        )
+        if stored:
+            await messages.publish_event(
+                lifecycle.queue.js,
+                execution_pb2.ExecutionEvent(
+                    execution_id=job_result.execution_id, result=job_result.result
+                ),
             )
-            if stored:
-                await messages.publish_event(
-                    queue.js,
-                    execution_pb2.ExecutionEvent(
-                        execution_id=job_result.execution_id, result=job_result.result
-                    ),
-                )
-            else:
-                log.info(
-                    "duplicate result ignored",
-                    extra={"execution_id": job_result.execution_id, "attempt": job_result.attempt},
-                )
-            await msg.ack()
+        else:
+            log.info(
+                "result for a closed execution ignored",
+                extra={"execution_id": job_result.execution_id, "attempt": job_result.attempt},
+            )
+
+    return handle
 
 
-async def record_status(queue: Queue, store: ExecutionStore) -> None:
+def record_status(lifecycle: Lifecycle) -> Callable[[Msg], Awaitable[None]]:
     """Mirror RUNNING events from executors into the executions table."""
-    js = await queue.ready()
-    subscription = await js.pull_subscribe_bind(
-        durable=subjects.STATUS_CONSUMER, stream=subjects.EVENTS_STREAM
-    )
+
+    async def handle(msg: Msg) -> None:
+        event = execution_pb2.ExecutionEvent.FromString(msg.data)
+        if event.status.status == execution_pb2.EXECUTION_STATUS_RUNNING:
+            await lifecycle.store.mark_running(
+                event.execution_id, event.status.attempt, event.status.executor_id
+            )
+
+    return handle
+
+
+def record_dead_letters(lifecycle: Lifecycle) -> Callable[[Msg], Awaitable[None]]:
+    """Turn JetStream's max-deliveries advisories into dead letters."""
+
+    async def handle(msg: Msg) -> None:
+        await lifecycle.dead_letter(msg.data)
+
+    return handle
+
+
+async def sweep(lifecycle: Lifecycle, interval_s: float, stuck_margin_s: float) -> None:
+    """Close expired and stuck executions, forever."""
+    await lifecycle.queue.ready()
     while True:
-        try:
-            batch = await subscription.fetch(1, timeout=FETCH_WAIT_S)
-        except nats.errors.TimeoutError:
-            continue
-        for msg in batch:
-            event = execution_pb2.ExecutionEvent.FromString(msg.data)
-            if event.status.status == execution_pb2.EXECUTION_STATUS_RUNNING:
-                await store.mark_running(event.execution_id, event.status.attempt)
-            await msg.ack()
+        await lifecycle.sweep(stuck_margin_s)
+        await asyncio.sleep(interval_s)
+
+
+CONSUMERS = (
+    (subjects.RESULTS_STREAM, subjects.RESULTS_CONSUMER, store_results),
+    (subjects.EVENTS_STREAM, subjects.STATUS_CONSUMER, record_status),
+    (subjects.ADVISORIES_STREAM, subjects.DEAD_LETTER_CONSUMER, record_dead_letters),
+)

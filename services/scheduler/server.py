@@ -1,37 +1,73 @@
-"""The scheduler's gRPC servicer: thin, translates protos to store and queue calls."""
+"""The scheduler's gRPC servicer: thin, translates protos to lifecycle and store calls."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
-from datetime import UTC
-from typing import Any, TypeAlias
+from datetime import UTC, datetime
+from typing import Any, NoReturn, TypeAlias
 
 import grpc
 import psycopg
-from google.protobuf.timestamp_pb2 import Timestamp
-from nats.js import JetStreamContext
+from google.rpc import error_details_pb2
 
 from sandmesh.execution.v1 import execution_pb2
 from sandmesh.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
-from sandmesh_contracts import statuses
-from sandmesh_queue import messages
-from sandmesh_queue.connection import Queue
 from sandmesh_runtime import errors
+from services.scheduler.lifecycle import Lifecycle, QueueUnavailable
 from services.scheduler.settings import SchedulerSettings
-from services.scheduler.store import ExecutionStore, NewExecution
+from services.scheduler.store import IdempotencyConflict, NewExecution, QueueFull
 
 log = logging.getLogger("sandmesh.scheduler")
 
 Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
+MAX_PAGE_SIZE = 100
+# How long a caller refused for a full queue is asked to wait.
+QUEUE_FULL_RETRY_S = 2.0
+
+
+async def _not_found(context: Context, what: str, key: str) -> NoReturn:
+    await errors.abort(context, grpc.StatusCode.NOT_FOUND, f"{what} {key!r} not found")
 
 
 class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
-    def __init__(self, store: ExecutionStore, queue: Queue, settings: SchedulerSettings) -> None:
-        self._store = store
-        self._queue = queue
+    def __init__(self, lifecycle: Lifecycle, settings: SchedulerSettings) -> None:
+        self._lifecycle = lifecycle
+        self._store = lifecycle.store
         self._settings = settings
+
+    async def _enqueue(self, context: Context, new: NewExecution) -> execution_pb2.Execution:
+        try:
+            execution, _ = await self._lifecycle.enqueue(new)
+        except IdempotencyConflict as exc:
+            await errors.abort(context, grpc.StatusCode.ALREADY_EXISTS, str(exc))
+        except QueueFull as exc:
+            await errors.abort(
+                context,
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                str(exc),
+                errors.retry_info(QUEUE_FULL_RETRY_S),
+                error_details_pb2.QuotaFailure(
+                    violations=[
+                        error_details_pb2.QuotaFailure.Violation(
+                            subject=f"tenant:{new.tenant}", description=str(exc)
+                        )
+                    ]
+                ),
+            )
+        except (ConnectionError, QueueUnavailable):
+            await errors.unavailable(context, "the work queue is unavailable")
+        except psycopg.errors.QueryCanceled:
+            await errors.abort(
+                context, grpc.StatusCode.DEADLINE_EXCEEDED, "the caller's deadline passed"
+            )
+        except psycopg.OperationalError as exc:
+            log.warning("postgres unavailable", extra={"error": str(exc)})
+            await errors.unavailable(context, "the execution store is unavailable")
+        if execution.status == execution_pb2.EXECUTION_STATUS_QUEUED:
+            position, wait_ms = await self._store.queue_estimate(execution)
+            execution.queue_position, execution.estimated_wait_ms = position, wait_ms
+        return execution
 
     async def Enqueue(
         self, request: scheduler_pb2.EnqueueRequest, context: Context
@@ -43,69 +79,21 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
             violations.append(("request.language", "must not be empty"))
         if violations:
             await errors.invalid_argument(context, violations)
-        try:
-            js = self._queue.js
-        except ConnectionError:
-            await errors.unavailable(context, "the work queue is unavailable")
-        deadline = request.deadline if request.HasField("deadline") else None
-        if deadline is None:
-            deadline = Timestamp()
-            deadline.FromNanoseconds(int((time.time() + self._settings.queue_ttl_s) * 1e9))
-        try:
-            execution = await self._store.insert(
-                NewExecution(
-                    tenant=request.tenant,
-                    request=request.request,
-                    deadline=deadline.ToDatetime(tzinfo=UTC),
-                    session_id=request.session_id or None,
-                    idempotency_key=request.idempotency_key or None,
-                )
-            )
-        except psycopg.errors.QueryCanceled:
-            await errors.abort(
-                context, grpc.StatusCode.DEADLINE_EXCEEDED, "the caller's deadline passed"
-            )
-        except psycopg.OperationalError as exc:
-            log.warning("postgres unavailable", extra={"error": str(exc)})
-            await errors.unavailable(context, "the execution store is unavailable")
-
-        job = execution_pb2.Job(
-            execution_id=execution.id,
-            tenant=execution.tenant,
-            request=execution.request,
-            deadline=execution.deadline,
+        if request.HasField("deadline"):
+            deadline = request.deadline.ToDatetime(tzinfo=UTC)
+        else:
+            deadline = datetime.fromtimestamp(time.time() + self._settings.queue_ttl_s, UTC)
+        execution = await self._enqueue(
+            context,
+            NewExecution(
+                tenant=request.tenant,
+                request=request.request,
+                deadline=deadline,
+                session_id=request.session_id or None,
+                idempotency_key=request.idempotency_key or None,
+            ),
         )
-        try:
-            # QUEUED goes first: once the job is out, an executor may report RUNNING at once.
-            await messages.publish_event(
-                js,
-                execution_pb2.ExecutionEvent(
-                    execution_id=execution.id,
-                    status=execution_pb2.StatusChange(status=execution_pb2.EXECUTION_STATUS_QUEUED),
-                ),
-            )
-            await messages.publish_job(js, job, statuses.lane(request.request.priority))
-        except Exception as exc:
-            log.warning(
-                "queue unavailable", extra={"error": str(exc), "execution_id": execution.id}
-            )
-            await self._close_unqueued(js, execution.id)
-            await errors.unavailable(context, "the work queue is unavailable")
-        execution.queue_position = await self._store.queue_position(execution)
         return scheduler_pb2.EnqueueResponse(execution=execution)
-
-    async def _close_unqueued(self, js: JetStreamContext, execution_id: str) -> None:
-        """The row exists but its job may not: close it so no watcher waits for a run."""
-        result = execution_pb2.ExecutionResult(
-            status=execution_pb2.EXECUTION_STATUS_SYSTEM_ERROR,
-            error_code="E005",
-            detail="the work queue was unavailable; nothing ran",
-        )
-        if await self._store.finish(execution_id, 0, result):
-            with contextlib.suppress(Exception):
-                await messages.publish_event(
-                    js, execution_pb2.ExecutionEvent(execution_id=execution_id, result=result)
-                )
 
     async def GetExecution(
         self, request: scheduler_pb2.GetExecutionRequest, context: Context
@@ -115,11 +103,54 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         except psycopg.OperationalError:
             await errors.unavailable(context, "the execution store is unavailable")
         if execution is None:
-            await errors.abort(
-                context,
-                grpc.StatusCode.NOT_FOUND,
-                f"execution {request.execution_id!r} not found",
-            )
+            await _not_found(context, "execution", request.execution_id)
         if execution.status == execution_pb2.EXECUTION_STATUS_QUEUED:
-            execution.queue_position = await self._store.queue_position(execution)
+            position, wait_ms = await self._store.queue_estimate(execution)
+            execution.queue_position, execution.estimated_wait_ms = position, wait_ms
         return scheduler_pb2.GetExecutionResponse(execution=execution)
+
+    async def CancelExecution(
+        self, request: scheduler_pb2.CancelExecutionRequest, context: Context
+    ) -> scheduler_pb2.CancelExecutionResponse:
+        try:
+            execution = await self._lifecycle.cancel(request.tenant, request.execution_id)
+        except psycopg.OperationalError:
+            await errors.unavailable(context, "the execution store is unavailable")
+        except ConnectionError:
+            await errors.unavailable(context, "the work queue is unavailable")
+        if execution is None:
+            await _not_found(context, "execution", request.execution_id)
+        return scheduler_pb2.CancelExecutionResponse(execution=execution)
+
+    async def ListDeadLetters(
+        self, request: scheduler_pb2.ListDeadLettersRequest, context: Context
+    ) -> scheduler_pb2.ListDeadLettersResponse:
+        page_size = request.page_size or 50
+        if page_size > MAX_PAGE_SIZE:
+            await errors.invalid_argument(
+                context, [("page_size", f"must be at most {MAX_PAGE_SIZE}, got {page_size}")]
+            )
+        try:
+            letters, token = await self._store.list_dead_letters(
+                request.tenant, page_size, request.page_token
+            )
+        except ValueError:
+            await errors.invalid_argument(context, [("page_token", "is not a token we issued")])
+        return scheduler_pb2.ListDeadLettersResponse(dead_letters=letters, next_page_token=token)
+
+    async def ReplayDeadLetter(
+        self, request: scheduler_pb2.ReplayDeadLetterRequest, context: Context
+    ) -> scheduler_pb2.ReplayDeadLetterResponse:
+        original = await self._store.dead_letter_request(request.tenant, request.dead_letter_id)
+        if original is None:
+            await _not_found(context, "dead letter", request.dead_letter_id)
+        execution = await self._enqueue(
+            context,
+            NewExecution(
+                tenant=request.tenant,
+                request=original,
+                deadline=datetime.fromtimestamp(time.time() + self._settings.queue_ttl_s, UTC),
+            ),
+        )
+        await self._store.mark_replayed(request.dead_letter_id, execution.id)
+        return scheduler_pb2.ReplayDeadLetterResponse(execution=execution)

@@ -1,7 +1,8 @@
-"""The scheduler as the bootstrap runs it: its dependencies, servicer and consumers."""
+"""The scheduler as the bootstrap runs it: its dependencies, servicer and background work."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import grpc
@@ -12,9 +13,10 @@ from sandmesh_queue.connection import Queue
 from sandmesh_runtime.health import Check
 from sandmesh_runtime.tasks import TaskGroup
 from services.scheduler import consumers
+from services.scheduler.lifecycle import Lifecycle
 from services.scheduler.server import SchedulerServicer
 from services.scheduler.settings import SchedulerSettings
-from services.scheduler.store import ExecutionStore
+from services.scheduler.store import ExecutionStore, QueueLimits
 
 
 class Scheduler:
@@ -24,12 +26,15 @@ class Scheduler:
         self.settings = settings
         self.pool = db_pool.new_pool(settings.database_url)
         self.queue = Queue(settings.nats_url, "sandmesh-scheduler")
-        self.store = ExecutionStore(self.pool)
+        store = ExecutionStore(
+            self.pool, QueueLimits(settings.max_queued_per_tenant, settings.max_queued)
+        )
+        self.lifecycle = Lifecycle(store, self.queue)
         self.tasks = TaskGroup()
 
     def register(self, server: grpc.aio.Server) -> Sequence[str]:
         # RPCs not written yet fall through to the generated base: UNIMPLEMENTED.
-        servicer = SchedulerServicer(self.store, self.queue, self.settings)  # type: ignore[abstract]
+        servicer = SchedulerServicer(self.lifecycle, self.settings)  # type: ignore[abstract]
         scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server(servicer, server)
         return [scheduler_pb2.DESCRIPTOR.services_by_name["SchedulerService"].full_name]
 
@@ -38,8 +43,19 @@ class Scheduler:
 
     async def start(self) -> None:
         await self.pool.open(wait=False)
-        self.tasks.supervise("results", lambda: consumers.store_results(self.queue, self.store))
-        self.tasks.supervise("status", lambda: consumers.record_status(self.queue, self.store))
+        for stream, durable, handler in consumers.CONSUMERS:
+            self.tasks.supervise(
+                durable,
+                functools.partial(
+                    consumers.consume, self.queue, stream, durable, handler(self.lifecycle)
+                ),
+            )
+        self.tasks.supervise(
+            "sweeper",
+            lambda: consumers.sweep(
+                self.lifecycle, self.settings.sweep_interval_s, self.settings.stuck_margin_s
+            ),
+        )
 
     async def stop(self) -> None:
         await self.tasks.stop()

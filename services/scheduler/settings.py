@@ -17,3 +17,13 @@ class SchedulerSettings:
     queue_ttl_s: float = env(
         "SANDMESH_QUEUE_TTL_S", 600.0, "deadline of a job whose caller gave none"
     )
+    max_queued_per_tenant: int = env(
+        "SANDMESH_MAX_QUEUED_PER_TENANT", 1000, "queued executions one tenant may have"
+    )
+    max_queued: int = env("SANDMESH_MAX_QUEUED", 10000, "queued executions in all")
+    sweep_interval_s: float = env(
+        "SANDMESH_SWEEP_INTERVAL_S", 1.0, "how often expired and stuck executions are closed"
+    )
+    stuck_margin_s: float = env(
+        "SANDMESH_STUCK_MARGIN_S", 30.0, "how long past its deadline a run may stay RUNNING"
+    )

@@ -1,21 +1,48 @@
-"""The executions table: the scheduler is its only writer."""
+"""The executions and dead-letter tables: the scheduler is their only writer."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
+from typing import Any
 
+from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from sandmesh.execution.v1 import execution_pb2
+from sandmesh.scheduler.v1 import scheduler_pb2
 from sandmesh_contracts import statuses
 from sandmesh_runtime import deadlines
 
 _COLUMNS = (
-    "id, tenant, request, status, attempt, result, created_at, started_at, finished_at, deadline"
+    "id, tenant, request, status, attempt, result, created_at, started_at, finished_at,"
+    " deadline, job_seq"
 )
+IDEMPOTENCY_WINDOW = "24 hours"
+
+
+class IdempotencyConflict(Exception):
+    """The key was used within the window for a different request."""
+
+    def __init__(self, key: str, execution_id: str) -> None:
+        super().__init__(
+            f"idempotency key {key!r} was already used for a different request"
+            f" (execution {execution_id})"
+        )
+        self.key = key
+
+
+class QueueFull(Exception):
+    """Accepting one more would pass a queue-depth limit."""
+
+    def __init__(self, scope: str, limit: int) -> None:
+        super().__init__(f"the {scope} queue is full ({limit} executions waiting)")
+        self.scope = scope
+        self.limit = limit
 
 
 @dataclass(frozen=True)
@@ -27,16 +54,34 @@ class NewExecution:
     idempotency_key: str | None = None
 
 
-def _to_proto(row: dict[str, object]) -> execution_pb2.Execution:
+@dataclass(frozen=True)
+class QueueLimits:
+    per_tenant: int
+    total: int
+
+
+@dataclass(frozen=True)
+class Closed:
+    """An execution the scheduler closed itself, with what to clean up after it."""
+
+    execution: execution_pb2.Execution
+    job_seq: int | None
+
+
+def request_hash(request: execution_pb2.ExecutionRequest) -> bytes:
+    return hashlib.sha256(request.SerializeToString(deterministic=True)).digest()
+
+
+def _to_proto(row: dict[str, Any]) -> execution_pb2.Execution:
     execution = execution_pb2.Execution(
         id=str(row["id"]),
         tenant=str(row["tenant"]),
         status=statuses.from_name(str(row["status"])),
-        attempt=int(row["attempt"]),  # type: ignore[call-overload]
+        attempt=int(row["attempt"]),
     )
-    execution.request.ParseFromString(row["request"])  # type: ignore[arg-type]
+    execution.request.ParseFromString(row["request"])
     if row["result"] is not None:
-        execution.result.ParseFromString(row["result"])  # type: ignore[arg-type]
+        execution.result.ParseFromString(row["result"])
     for field in ("created_at", "started_at", "finished_at", "deadline"):
         value = row[field]
         if isinstance(value, datetime):
@@ -44,52 +89,129 @@ def _to_proto(row: dict[str, object]) -> execution_pb2.Execution:
     return execution
 
 
-def _statement_timeout_ms() -> int:
+def _as_uuid(value: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        return None
+
+
+def encode_page_token(created_at: datetime, row_id: uuid.UUID) -> str:
+    raw = f"{created_at.isoformat()}|{row_id}".encode()
+    return base64.urlsafe_b64encode(raw).decode()
+
+
+def decode_page_token(token: str) -> tuple[datetime, uuid.UUID]:
+    """Raises ValueError for a token this service did not make."""
+    created, row_id = base64.urlsafe_b64decode(token.encode()).decode().split("|")
+    return datetime.fromisoformat(created), uuid.UUID(row_id)
+
+
+async def _bounded(conn: AsyncConnection[Any]) -> None:
     """Postgres work stops when the caller's deadline does."""
-    return max(1, int(deadlines.timeout(30.0) * 1000))
+    timeout_ms = max(1, int(deadlines.timeout(30.0) * 1000))
+    await conn.execute(f"SET LOCAL statement_timeout = {timeout_ms}")
 
 
 class ExecutionStore:
-    """Reads and writes executions; every statement is bounded by the caller's deadline."""
+    """Reads and writes executions; request-path statements end with the caller's deadline."""
 
-    def __init__(self, pool: AsyncConnectionPool) -> None:
+    def __init__(self, pool: AsyncConnectionPool, limits: QueueLimits) -> None:
         self._pool = pool
+        self._limits = limits
 
-    async def insert(self, new: NewExecution) -> execution_pb2.Execution:
-        """Store a new execution as QUEUED."""
-        lane = statuses.lane(new.request.priority)
+    async def insert(self, new: NewExecution) -> tuple[execution_pb2.Execution, bool]:
+        """Store a new execution as QUEUED; returns it and whether it is new.
+
+        With an idempotency key seen within the window for the same request, the earlier
+        execution comes back instead (not new).
+        """
+        digest = request_hash(new.request)
         async with (
             self._pool.connection(timeout=deadlines.timeout(5.0)) as conn,
             conn.transaction(),
         ):
-            await conn.execute(f"SET LOCAL statement_timeout = {_statement_timeout_ms()}")
+            await _bounded(conn)
             cursor = conn.cursor(row_factory=dict_row)
+            if new.idempotency_key:
+                existing = await self._by_key(cursor, new.tenant, new.idempotency_key, digest)
+                if existing is not None:
+                    return existing, False
+            await self._check_depth(conn, new.tenant)
             await cursor.execute(
                 "INSERT INTO executions (id, tenant, session_id, idempotency_key, request,"
-                " language, priority, status, deadline)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
-                f" RETURNING {_COLUMNS}",
+                " request_hash, language, priority, status, deadline)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+                " ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL"
+                f" DO NOTHING RETURNING {_COLUMNS}",
                 (
                     uuid.uuid4(),
                     new.tenant,
                     new.session_id,
                     new.idempotency_key,
                     new.request.SerializeToString(),
+                    digest,
                     new.request.language,
-                    lane,
+                    statuses.lane(new.request.priority),
                     statuses.QUEUED,
                     new.deadline,
                 ),
             )
             row = await cursor.fetchone()
-        assert row is not None
+            if row is None:
+                # A concurrent submission with the same key won the race: answer with its row.
+                assert new.idempotency_key
+                raced = await self._by_key(cursor, new.tenant, new.idempotency_key, digest)
+                assert raced is not None
+                return raced, False
+        return _to_proto(row), True
+
+    async def _by_key(
+        self, cursor: Any, tenant: str, key: str, digest: bytes
+    ) -> execution_pb2.Execution | None:
+        """The execution made with `key` within the window; IdempotencyConflict if it was
+        made from another request."""
+        await cursor.execute(
+            f"SELECT {_COLUMNS}, request_hash, created_at > now() - interval '{IDEMPOTENCY_WINDOW}'"
+            " AS fresh FROM executions WHERE tenant = %s AND idempotency_key = %s FOR UPDATE",
+            (tenant, key),
+        )
+        row = await cursor.fetchone()
+        if row is None:
+            return None
+        if not row["fresh"]:
+            # Past the window the key is free again.
+            await cursor.execute(
+                "UPDATE executions SET idempotency_key = NULL WHERE id = %s", (row["id"],)
+            )
+            return None
+        if bytes(row["request_hash"]) != digest:
+            raise IdempotencyConflict(key, str(row["id"]))
         return _to_proto(row)
+
+    async def _check_depth(self, conn: AsyncConnection[Any], tenant: str) -> None:
+        cursor = await conn.execute(
+            "SELECT count(*) FILTER (WHERE tenant = %s), count(*) FROM executions"
+            " WHERE status = %s",
+            (tenant, statuses.QUEUED),
+        )
+        row = await cursor.fetchone()
+        assert row is not None
+        if row[0] >= self._limits.per_tenant:
+            raise QueueFull("tenant's", self._limits.per_tenant)
+        if row[1] >= self._limits.total:
+            raise QueueFull("global", self._limits.total)
+
+    async def set_job_seq(self, execution_id: str, seq: int) -> None:
+        async with self._pool.connection() as conn:
+            await conn.execute(
+                "UPDATE executions SET job_seq = %s WHERE id = %s", (seq, uuid.UUID(execution_id))
+            )
 
     async def get(self, tenant: str, execution_id: str) -> execution_pb2.Execution | None:
         """One execution of `tenant`, or None (also for another tenant's id)."""
-        try:
-            key = uuid.UUID(execution_id)
-        except ValueError:
+        key = _as_uuid(execution_id)
+        if key is None:
             return None
         async with self._pool.connection(timeout=deadlines.timeout(5.0)) as conn:
             cursor = conn.cursor(row_factory=dict_row)
@@ -100,29 +222,41 @@ class ExecutionStore:
             row = await cursor.fetchone()
         return None if row is None else _to_proto(row)
 
-    async def queue_position(self, execution: execution_pb2.Execution) -> int:
-        """How many jobs of the same lane were queued before this one."""
+    async def queue_estimate(self, execution: execution_pb2.Execution) -> tuple[int, int]:
+        """Jobs ahead in the same lane, and the wait they mean at the recent finish rate (ms)."""
         async with self._pool.connection(timeout=deadlines.timeout(5.0)) as conn:
             cursor = await conn.execute(
-                "SELECT count(*) FROM executions WHERE status = %s AND priority = %s"
-                " AND created_at < %s",
+                "SELECT (SELECT count(*) FROM executions WHERE status = %s AND priority = %s"
+                "        AND created_at < %s),"
+                "       (SELECT count(*) FROM executions"
+                "        WHERE finished_at > now() - interval '60 seconds')",
                 (
                     statuses.QUEUED,
                     statuses.lane(execution.request.priority),
-                    execution.created_at.ToDatetime(),
+                    execution.created_at.ToDatetime(tzinfo=UTC),
                 ),
             )
             row = await cursor.fetchone()
-        return int(row[0]) if row else 0
+        assert row is not None
+        ahead, finished_last_minute = int(row[0]), int(row[1])
+        per_second = finished_last_minute / 60.0
+        wait_ms = int(1000 * (ahead + 1) / per_second) if per_second > 0 else 0
+        return ahead, wait_ms
 
-    async def mark_running(self, execution_id: str, attempt: int) -> bool:
+    async def mark_running(self, execution_id: str, attempt: int, executor_id: str) -> bool:
         """Record that an attempt started; a final execution stays final."""
         async with self._pool.connection() as conn:
             cursor = await conn.execute(
-                "UPDATE executions SET status = %s, attempt = %s,"
+                "UPDATE executions SET status = %s, attempt = %s, executor_id = %s,"
                 " started_at = coalesce(started_at, now())"
                 " WHERE id = %s AND status IN (%s, %s)",
-                (statuses.RUNNING, attempt, uuid.UUID(execution_id), *statuses.OPEN),
+                (
+                    statuses.RUNNING,
+                    attempt,
+                    executor_id or None,
+                    uuid.UUID(execution_id),
+                    *statuses.OPEN,
+                ),
             )
             return cursor.rowcount == 1
 
@@ -143,3 +277,142 @@ class ExecutionStore:
                 ),
             )
             return cursor.rowcount == 1
+
+    async def _close_where(
+        self, condition: str, params: tuple[Any, ...], result: execution_pb2.ExecutionResult
+    ) -> list[Closed]:
+        async with self._pool.connection() as conn:
+            cursor = conn.cursor(row_factory=dict_row)
+            await cursor.execute(
+                "UPDATE executions SET status = %s, result = %s, finished_at = now()"
+                f" WHERE status IN (%s, %s) AND {condition} RETURNING {_COLUMNS}",
+                (
+                    statuses.to_name(result.status),
+                    result.SerializeToString(),
+                    *statuses.OPEN,
+                    *params,
+                ),
+            )
+            rows = await cursor.fetchall()
+        return [Closed(_to_proto(row), row["job_seq"]) for row in rows]
+
+    async def cancel(self, tenant: str, execution_id: str) -> Closed | None:
+        """Close an open execution of `tenant` as CANCELLED; None when not open or unknown."""
+        key = _as_uuid(execution_id)
+        if key is None:
+            return None
+        closed = await self._close_where(
+            "id = %s AND tenant = %s",
+            (key, tenant),
+            execution_pb2.ExecutionResult(
+                status=execution_pb2.EXECUTION_STATUS_CANCELLED, detail="cancelled by the caller"
+            ),
+        )
+        return closed[0] if closed else None
+
+    async def expire_overdue(self) -> list[Closed]:
+        """Close every job still queued past its deadline as EXPIRED."""
+        return await self._close_where(
+            "status = 'QUEUED' AND deadline < now()",
+            (),
+            execution_pb2.ExecutionResult(
+                status=execution_pb2.EXECUTION_STATUS_EXPIRED,
+                error_code="E004",
+                detail="the deadline passed while it was queued; it never ran",
+            ),
+        )
+
+    async def reap_stuck(self, margin_s: float) -> list[Closed]:
+        """Close runs still RUNNING past their deadline plus a margin: nothing runs forever."""
+        return await self._close_where(
+            "status = 'RUNNING' AND deadline + make_interval(secs => %s) < now()",
+            (margin_s,),
+            execution_pb2.ExecutionResult(
+                status=execution_pb2.EXECUTION_STATUS_SYSTEM_ERROR,
+                error_code="E005",
+                detail="the run outlived its deadline without a result; its executor was lost",
+            ),
+        )
+
+    async def dead_letter(self, execution_id: str, reason: str, deliveries: int) -> Closed | None:
+        """Record a job that exhausted its deliveries and close it as SYSTEM_ERROR."""
+        key = _as_uuid(execution_id)
+        if key is None:
+            return None
+        closed = await self._close_where(
+            "id = %s",
+            (key,),
+            execution_pb2.ExecutionResult(
+                status=execution_pb2.EXECUTION_STATUS_SYSTEM_ERROR,
+                error_code="E005",
+                detail=f"moved to the dead-letter store: {reason}",
+            ),
+        )
+        async with self._pool.connection() as conn:
+            await conn.execute(
+                "INSERT INTO dead_letters (id, execution_id, tenant, reason, deliveries)"
+                " SELECT %s, id, tenant, %s, %s FROM executions WHERE id = %s"
+                " ON CONFLICT (execution_id) DO NOTHING",
+                (uuid.uuid4(), reason, deliveries, key),
+            )
+        return closed[0] if closed else None
+
+    async def list_dead_letters(
+        self, tenant: str, page_size: int, page_token: str
+    ) -> tuple[list[scheduler_pb2.DeadLetter], str]:
+        """A page of `tenant`'s dead letters, newest first, and the next page's token."""
+        after = decode_page_token(page_token) if page_token else None
+        async with self._pool.connection(timeout=deadlines.timeout(5.0)) as conn:
+            cursor = conn.cursor(row_factory=dict_row)
+            await cursor.execute(
+                "SELECT d.*, e.request FROM dead_letters d JOIN executions e"
+                " ON e.id = d.execution_id WHERE d.tenant = %s"
+                " AND (%s::timestamptz IS NULL OR (d.created_at, d.id) < (%s, %s))"
+                " ORDER BY d.created_at DESC, d.id DESC LIMIT %s",
+                (tenant, after and after[0], after and after[0], after and after[1], page_size + 1),
+            )
+            rows = await cursor.fetchall()
+        letters = []
+        for row in rows[:page_size]:
+            letter = scheduler_pb2.DeadLetter(
+                id=str(row["id"]),
+                execution_id=str(row["execution_id"]),
+                tenant=row["tenant"],
+                reason=row["reason"],
+                last_error=row["last_error"],
+                deliveries=row["deliveries"],
+            )
+            letter.request.ParseFromString(row["request"])
+            letter.created_at.FromDatetime(row["created_at"])
+            if row["replayed_at"] is not None:
+                letter.replayed_at.FromDatetime(row["replayed_at"])
+            letters.append(letter)
+        next_token = ""
+        if len(rows) > page_size:
+            last = rows[page_size - 1]
+            next_token = encode_page_token(last["created_at"], last["id"])
+        return letters, next_token
+
+    async def dead_letter_request(
+        self, tenant: str, dead_letter_id: str
+    ) -> execution_pb2.ExecutionRequest | None:
+        """The request of `tenant`'s dead letter not yet replayed; None otherwise."""
+        key = _as_uuid(dead_letter_id)
+        if key is None:
+            return None
+        async with self._pool.connection(timeout=deadlines.timeout(5.0)) as conn:
+            cursor = await conn.execute(
+                "SELECT e.request FROM dead_letters d JOIN executions e ON e.id = d.execution_id"
+                " WHERE d.id = %s AND d.tenant = %s AND d.replayed_at IS NULL",
+                (key, tenant),
+            )
+            row = await cursor.fetchone()
+        return None if row is None else execution_pb2.ExecutionRequest.FromString(row[0])
+
+    async def mark_replayed(self, dead_letter_id: str, execution_id: str) -> None:
+        async with self._pool.connection() as conn:
+            await conn.execute(
+                "UPDATE dead_letters SET replayed_at = now(), replay_execution_id = %s"
+                " WHERE id = %s",
+                (uuid.UUID(execution_id), uuid.UUID(dead_letter_id)),
+            )

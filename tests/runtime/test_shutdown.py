@@ -19,12 +19,12 @@ from sandmesh_devstack.ports import free_port
 from tests.conftest import Servers
 
 
-async def wait_for_blocked_insert(url: str) -> None:
+async def wait_for_blocked_query(url: str) -> None:
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
         for _ in range(100):
             cursor = await conn.execute(
                 "SELECT count(*) FROM pg_stat_activity"
-                " WHERE wait_event_type = 'Lock' AND query LIKE 'INSERT INTO executions%'"
+                " WHERE wait_event_type = 'Lock' AND query LIKE '%FROM executions%'"
             )
             row = await cursor.fetchone()
             if row and row[0] > 0:
@@ -70,7 +70,7 @@ async def test_sigterm_finishes_in_flight_call_refuses_new_ones_and_exits_zero(
                         timeout=20,
                     )
                 )
-                await wait_for_blocked_insert(servers.postgres.url)
+                await wait_for_blocked_query(servers.postgres.url)
                 signalled = time.monotonic()
                 scheduler.signal(signal.SIGTERM)
                 await asyncio.sleep(0.5)

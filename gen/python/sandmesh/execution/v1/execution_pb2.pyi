@@ -397,19 +397,23 @@ class StatusChange(_message.Message):
     STATUS_FIELD_NUMBER: _builtins.int
     QUEUE_POSITION_FIELD_NUMBER: _builtins.int
     ATTEMPT_FIELD_NUMBER: _builtins.int
+    EXECUTOR_ID_FIELD_NUMBER: _builtins.int
     status: Global___ExecutionStatus.ValueType
     queue_position: _builtins.int
     attempt: _builtins.int
+    executor_id: _builtins.str
+    """The executor that reported RUNNING."""
     def __init__(
         self,
         *,
         status: Global___ExecutionStatus.ValueType = ...,
         queue_position: _builtins.int = ...,
         attempt: _builtins.int = ...,
+        executor_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "queue_position", b"queue_position", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "executor_id", b"executor_id", "queue_position", b"queue_position", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,127 @@
+"""The execution lifecycle: enqueue, cancel, expire, reap and dead-letter.
+
+Every way an execution closes goes through `_closed`, which tells watchers (the final
+event), removes the job from the queue if it is still there, and tells executors to stop it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+
+from nats.js import JetStreamContext
+
+from sandmesh.execution.v1 import execution_pb2
+from sandmesh_contracts import statuses
+from sandmesh_queue import messages, subjects
+from sandmesh_queue.connection import Queue
+from services.scheduler.store import Closed, ExecutionStore, NewExecution
+
+log = logging.getLogger("sandmesh.scheduler")
+
+
+class QueueUnavailable(Exception):
+    """The job could not be handed to JetStream; the execution was closed, nothing ran."""
+
+
+class Lifecycle:
+    def __init__(self, store: ExecutionStore, queue: Queue) -> None:
+        self.store = store
+        self.queue = queue
+
+    async def enqueue(self, new: NewExecution) -> tuple[execution_pb2.Execution, bool]:
+        """Store and queue a new execution (or return the earlier one for a reused key)."""
+        js = self.queue.js  # ConnectionError before anything is stored
+        execution, created = await self.store.insert(new)
+        if not created:
+            return execution, False
+        job = execution_pb2.Job(
+            execution_id=execution.id,
+            tenant=execution.tenant,
+            request=execution.request,
+            deadline=execution.deadline,
+        )
+        try:
+            # QUEUED goes first: once the job is out, an executor may report RUNNING at once.
+            await messages.publish_event(
+                js,
+                execution_pb2.ExecutionEvent(
+                    execution_id=execution.id,
+                    status=execution_pb2.StatusChange(status=execution_pb2.EXECUTION_STATUS_QUEUED),
+                ),
+            )
+            ack = await messages.publish_job(js, job, statuses.lane(new.request.priority))
+        except Exception as exc:
+            log.warning(
+                "queue unavailable", extra={"error": str(exc), "execution_id": execution.id}
+            )
+            result = execution_pb2.ExecutionResult(
+                status=execution_pb2.EXECUTION_STATUS_SYSTEM_ERROR,
+                error_code="E005",
+                detail="the work queue was unavailable; nothing ran",
+            )
+            if await self.store.finish(execution.id, 0, result):
+                await self._tell_watchers(js, execution.id, result)
+            raise QueueUnavailable(str(exc)) from exc
+        await self.store.set_job_seq(execution.id, ack.seq)
+        return execution, True
+
+    async def cancel(self, tenant: str, execution_id: str) -> execution_pb2.Execution | None:
+        """Cancel an open execution; a final one is returned unchanged; None when unknown."""
+        closed = await self.store.cancel(tenant, execution_id)
+        if closed is not None:
+            await self._closed(closed)
+            return closed.execution
+        return await self.store.get(tenant, execution_id)
+
+    async def sweep(self, stuck_margin_s: float) -> None:
+        """Expire jobs queued past their deadline and close runs that outlived theirs."""
+        for closed in [
+            *await self.store.expire_overdue(),
+            *await self.store.reap_stuck(stuck_margin_s),
+        ]:
+            log.warning(
+                "closed by the reaper",
+                extra={
+                    "execution_id": closed.execution.id,
+                    "status": statuses.to_name(closed.execution.status),
+                },
+            )
+            await self._closed(closed)
+
+    async def dead_letter(self, advisory: bytes) -> None:
+        """Handle a max-deliveries advisory: record the dead letter, close the execution."""
+        notice = json.loads(advisory)
+        js = self.queue.js
+        seq = int(notice["stream_seq"])
+        try:
+            raw = await js.get_msg(subjects.JOBS_STREAM, seq)
+        except Exception:
+            log.warning("dead-lettered job no longer in the stream", extra={"seq": seq})
+            return
+        job = execution_pb2.Job.FromString(raw.data or b"")
+        deliveries = int(notice.get("deliveries", 0))
+        closed = await self.store.dead_letter(
+            job.execution_id, f"no executor finished it in {deliveries} deliveries", deliveries
+        )
+        if closed is not None:
+            await self._closed(closed)
+        with contextlib.suppress(Exception):
+            await js.delete_msg(subjects.JOBS_STREAM, seq)
+
+    async def _closed(self, closed: Closed) -> None:
+        js = self.queue.js
+        await self._tell_watchers(js, closed.execution.id, closed.execution.result)
+        if closed.job_seq is not None:
+            # Gone from the queue means it never runs; already delivered or acked is fine too.
+            with contextlib.suppress(Exception):
+                await js.delete_msg(subjects.JOBS_STREAM, closed.job_seq)
+        await self.queue.nc.publish(subjects.CANCEL_SUBJECT, closed.execution.id.encode())
+
+    async def _tell_watchers(
+        self, js: JetStreamContext, execution_id: str, result: execution_pb2.ExecutionResult
+    ) -> None:
+        await messages.publish_event(
+            js, execution_pb2.ExecutionEvent(execution_id=execution_id, result=result)
+        )
