@@ -1,0 +1,238 @@
+"""Every accepted execution reaches exactly one final state, whatever happens to it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import TypeAlias
+
+import grpc
+import nats
+import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
+from google.rpc import error_details_pb2
+
+from sandmesh.execution.v1 import execution_pb2
+from sandmesh.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
+from sandmesh_queue import subjects
+from sandmesh_runtime.errors import details_of
+from tests.scheduler.conftest import MAX_QUEUED_PER_TENANT, Island
+
+Stub: TypeAlias = "scheduler_pb2_grpc.SchedulerServiceAsyncStub"
+
+
+def program(source: str, **limits: int) -> execution_pb2.ExecutionRequest:
+    return execution_pb2.ExecutionRequest(
+        language="python3", source=source, limits=execution_pb2.Limits(**limits)
+    )
+
+
+def in_seconds(seconds: float) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromNanoseconds(int((time.time() + seconds) * 1e9))
+    return stamp
+
+
+async def enqueue(
+    stub: Stub, tenant: str, source: str = "print(1)", **fields: object
+) -> execution_pb2.Execution:
+    response = await stub.Enqueue(
+        scheduler_pb2.EnqueueRequest(tenant=tenant, request=program(source), **fields),  # type: ignore[arg-type]
+        timeout=5,
+    )
+    return response.execution
+
+
+async def get(stub: Stub, tenant: str, execution_id: str) -> execution_pb2.Execution:
+    response = await stub.GetExecution(
+        scheduler_pb2.GetExecutionRequest(tenant=tenant, execution_id=execution_id), timeout=5
+    )
+    return response.execution
+
+
+async def wait_status(
+    stub: Stub, tenant: str, execution_id: str, wanted: set[int], timeout: float = 30
+) -> execution_pb2.Execution:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        execution = await get(stub, tenant, execution_id)
+        if execution.status in wanted:
+            return execution
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{execution_id} still {execution.status}, wanted {wanted}")
+
+
+async def jobs_in_stream(island: Island) -> int:
+    nc = await nats.connect(island.nats.url)
+    try:
+        return int((await nc.jetstream().stream_info(subjects.JOBS_STREAM)).state.messages)
+    finally:
+        await nc.close()
+
+
+def tenant() -> str:
+    return f"t-{uuid.uuid4().hex[:8]}"
+
+
+async def test_same_key_and_request_returns_the_same_execution(
+    scheduler: Stub, island: Island
+) -> None:
+    who = tenant()
+    first = await enqueue(scheduler, who, idempotency_key="order-1")
+    again = await enqueue(scheduler, who, idempotency_key="order-1")
+    assert again.id == first.id
+    assert await jobs_in_stream(island) == 1
+    # The key belongs to the tenant: another tenant's same key is a new execution.
+    other = await enqueue(scheduler, tenant(), idempotency_key="order-1")
+    assert other.id != first.id
+
+
+async def test_same_key_with_another_request_is_already_exists_naming_the_key(
+    scheduler: Stub,
+) -> None:
+    who = tenant()
+    await enqueue(scheduler, who, idempotency_key="order-2")
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await enqueue(scheduler, who, source="print(2)", idempotency_key="order-2")
+    assert caught.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert "'order-2'" in (caught.value.details() or "")
+
+
+async def test_concurrent_submissions_with_one_key_make_one_execution(
+    scheduler: Stub, island: Island
+) -> None:
+    who = tenant()
+    executions = await asyncio.gather(
+        *(enqueue(scheduler, who, idempotency_key="burst") for _ in range(10))
+    )
+    assert len({e.id for e in executions}) == 1
+    assert await jobs_in_stream(island) == 1
+
+
+async def test_queue_position_counts_the_jobs_ahead(scheduler: Stub) -> None:
+    who = tenant()
+    first = await enqueue(scheduler, who)
+    second = await enqueue(scheduler, who)
+    assert second.queue_position == first.queue_position + 1
+    assert (await get(scheduler, who, second.id)).queue_position == second.queue_position
+
+
+async def test_cancel_while_queued_removes_the_job_so_it_never_runs(
+    scheduler: Stub, island: Island
+) -> None:
+    who = tenant()
+    execution = await enqueue(scheduler, who, source="print('must not run')")
+    assert await jobs_in_stream(island) == 1
+    cancelled = await scheduler.CancelExecution(
+        scheduler_pb2.CancelExecutionRequest(tenant=who, execution_id=execution.id), timeout=5
+    )
+    assert cancelled.execution.status == execution_pb2.EXECUTION_STATUS_CANCELLED
+    assert await jobs_in_stream(island) == 0
+    # An executor arriving later finds nothing to run.
+    island.start_executor()
+    await asyncio.sleep(1.5)
+    final = await get(scheduler, who, execution.id)
+    assert final.status == execution_pb2.EXECUTION_STATUS_CANCELLED
+    assert final.result.stdout == b"" and not final.HasField("started_at")
+    # Cancelling again changes nothing; another tenant cannot see it at all.
+    again = await scheduler.CancelExecution(
+        scheduler_pb2.CancelExecutionRequest(tenant=who, execution_id=execution.id), timeout=5
+    )
+    assert again.execution.finished_at == final.finished_at
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await scheduler.CancelExecution(
+            scheduler_pb2.CancelExecutionRequest(tenant=tenant(), execution_id=execution.id),
+            timeout=5,
+        )
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_queued_past_its_deadline_expires_and_never_runs(
+    scheduler: Stub, island: Island
+) -> None:
+    who = tenant()
+    execution = await enqueue(scheduler, who, deadline=in_seconds(0.5))
+    expired = await wait_status(
+        scheduler, who, execution.id, {execution_pb2.EXECUTION_STATUS_EXPIRED}, timeout=5
+    )
+    assert expired.result.error_code == "E004"
+    assert await jobs_in_stream(island) == 0
+
+
+async def test_full_tenant_queue_is_resource_exhausted_with_retry_info(scheduler: Stub) -> None:
+    who = tenant()
+    for _ in range(MAX_QUEUED_PER_TENANT):
+        await enqueue(scheduler, who)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await enqueue(scheduler, who)
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    kinds = {type(d) for d in details_of(caught.value)}
+    assert {error_details_pb2.RetryInfo, error_details_pb2.QuotaFailure} <= kinds
+    # Other tenants are not held back by this one.
+    await enqueue(scheduler, tenant())
+
+
+async def test_executor_killed_mid_job_the_job_completes_on_another(
+    scheduler: Stub, island: Island
+) -> None:
+    first = island.start_executor()
+    who = tenant()
+    execution = await enqueue(scheduler, who, source="import time\ntime.sleep(1.5)\nprint('done')")
+    await wait_status(scheduler, who, execution.id, {execution_pb2.EXECUTION_STATUS_RUNNING})
+    assert first.process is not None
+    first.process.kill()
+    island.start_executor()
+    final = await wait_status(
+        scheduler, who, execution.id, {execution_pb2.EXECUTION_STATUS_COMPLETED}, timeout=30
+    )
+    assert final.result.stdout == b"done\n"
+    assert final.attempt == 2
+
+
+async def test_job_whose_executor_dies_every_time_is_dead_lettered_and_replays(
+    scheduler: Stub, island: Island
+) -> None:
+    who = tenant()
+    execution = await enqueue(scheduler, who, source="import time\ntime.sleep(2)\nprint('finally')")
+    for attempt in (1, 2):
+        executor = island.start_executor()
+        running = await wait_status(
+            scheduler, who, execution.id, {execution_pb2.EXECUTION_STATUS_RUNNING}
+        )
+        assert running.attempt == attempt
+        assert executor.process is not None
+        executor.process.kill()
+    # JetStream announces the exhausted job when a consumer next asks for work, so the
+    # advisory comes once an executor pulls again (as a live cluster always does).
+    island.start_executor()
+    final = await wait_status(
+        scheduler, who, execution.id, {execution_pb2.EXECUTION_STATUS_SYSTEM_ERROR}, timeout=15
+    )
+    assert "dead-letter" in final.result.detail
+
+    listed = await scheduler.ListDeadLetters(
+        scheduler_pb2.ListDeadLettersRequest(tenant=who), timeout=5
+    )
+    (letter,) = listed.dead_letters
+    assert letter.execution_id == execution.id
+    assert letter.deliveries == 2
+    assert letter.request.source == execution.request.source
+    hidden = await scheduler.ListDeadLetters(
+        scheduler_pb2.ListDeadLettersRequest(tenant=tenant()), timeout=5
+    )
+    assert list(hidden.dead_letters) == []
+
+    replay = await scheduler.ReplayDeadLetter(
+        scheduler_pb2.ReplayDeadLetterRequest(tenant=who, dead_letter_id=letter.id), timeout=5
+    )
+    assert replay.execution.id != execution.id
+    done = await wait_status(
+        scheduler, who, replay.execution.id, {execution_pb2.EXECUTION_STATUS_COMPLETED}
+    )
+    assert done.result.stdout == b"finally\n"
+    with pytest.raises(grpc.aio.AioRpcError) as twice:
+        await scheduler.ReplayDeadLetter(
+            scheduler_pb2.ReplayDeadLetterRequest(tenant=who, dead_letter_id=letter.id), timeout=5
+        )
+    assert twice.value.code() == grpc.StatusCode.NOT_FOUND
