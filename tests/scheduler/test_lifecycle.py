@@ -9,13 +9,14 @@ from typing import TypeAlias
 
 import grpc
 import nats
+import nats.errors
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import error_details_pb2
 
 from sandmesh.execution.v1 import execution_pb2
 from sandmesh.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
-from sandmesh_queue import subjects
+from sandmesh_queue import messages, subjects
 from sandmesh_runtime.errors import details_of
 from tests.scheduler.conftest import MAX_QUEUED_PER_TENANT, Island
 
@@ -236,3 +237,37 @@ async def test_job_whose_executor_dies_every_time_is_dead_lettered_and_replays(
             scheduler_pb2.ReplayDeadLetterRequest(tenant=who, dead_letter_id=letter.id), timeout=5
         )
     assert twice.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_a_result_delivered_twice_is_stored_once_with_one_final_event(
+    scheduler: Stub, island: Island
+) -> None:
+    who = tenant()
+    execution = await enqueue(scheduler, who)
+    nc = await nats.connect(island.nats.url)
+    try:
+        js = nc.jetstream()
+        finals = await js.subscribe(
+            subjects.event_subject(execution.id, "result"), ordered_consumer=True
+        )
+        # Two attempts report (as after a redelivery): different message ids, both stored.
+        for attempt, text in ((1, b"first\n"), (2, b"second\n")):
+            result = execution_pb2.JobResult(
+                execution_id=execution.id,
+                attempt=attempt,
+                result=execution_pb2.ExecutionResult(
+                    status=execution_pb2.EXECUTION_STATUS_COMPLETED, stdout=text, exit_code=0
+                ),
+            )
+            await messages.publish_result(js, result)
+        stored = await wait_status(
+            scheduler, who, execution.id, {execution_pb2.EXECUTION_STATUS_COMPLETED}
+        )
+        await asyncio.sleep(0.5)
+        assert stored.result.stdout == b"first\n"
+        assert (await get(scheduler, who, execution.id)).result.stdout == b"first\n"
+        await finals.next_msg(timeout=2)
+        with pytest.raises(nats.errors.TimeoutError):
+            await finals.next_msg(timeout=0.5)
+    finally:
+        await nc.close()
