@@ -117,6 +117,7 @@ class Mesh:
             DATABASE_URL=database_url,
             SANDMESH_HOST="127.0.0.1",
             SANDMESH_SCHEDULER_TARGET=f"127.0.0.1:{self.ports['scheduler']}",
+            SANDMESH_EXECUTOR_TARGET=f"127.0.0.1:{self.ports['executor']}",
             PYTHONUNBUFFERED="1",
         )
         env.update({_PORT_VARIABLE[name]: str(port) for name, port in self.ports.items()})

@@ -19,7 +19,7 @@ from sandmesh.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 from sandmesh_queue import subjects
 from sandmesh_queue.connection import Queue
 from sandmesh_runtime import deadlines, errors
-from services.gateway import validation
+from services.gateway import languages, validation
 from services.gateway.settings import GatewaySettings
 
 log = logging.getLogger("sandmesh.gateway")
@@ -50,10 +50,12 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     def __init__(
         self,
         scheduler: scheduler_pb2_grpc.SchedulerServiceAsyncStub,
+        catalog: languages.LanguageCatalog,
         queue: Queue,
         settings: GatewaySettings,
     ) -> None:
         self._scheduler = scheduler
+        self._languages = catalog
         self._queue = queue
         self._settings = settings
 
@@ -63,6 +65,37 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             return await call(deadlines.timeout(self._settings.downstream_timeout_s))
         except grpc.aio.AioRpcError as error:
             await _forward_error(context, error)
+
+    async def _language_problems(
+        self, context: Context, request: execution_pb2.ExecutionRequest, prefix: str
+    ) -> list[tuple[str, str]]:
+        catalog = await self._forward(context, lambda _: self._languages.all())
+        language = catalog.get(request.language)
+        if language is None:
+            known = ", ".join(sorted(catalog))
+            return [
+                (f"{prefix}.language", f"unknown language {request.language!r}; known: {known}")
+            ]
+        return languages.limit_violations(language, request.limits, f"{prefix}.limits")
+
+    async def ListLanguages(
+        self, request: gateway_pb2.ListLanguagesRequest, context: Context
+    ) -> gateway_pb2.ListLanguagesResponse:
+        catalog = await self._forward(context, lambda _: self._languages.all())
+        return gateway_pb2.ListLanguagesResponse(
+            languages=sorted(catalog.values(), key=lambda language: language.id)
+        )
+
+    async def GetLanguage(
+        self, request: gateway_pb2.GetLanguageRequest, context: Context
+    ) -> gateway_pb2.GetLanguageResponse:
+        catalog = await self._forward(context, lambda _: self._languages.all())
+        language = catalog.get(request.language_id)
+        if language is None:
+            await errors.abort(
+                context, grpc.StatusCode.NOT_FOUND, f"language {request.language_id!r} not found"
+            )
+        return gateway_pb2.GetLanguageResponse(language=language)
 
     async def _get(self, context: Context, execution_id: str) -> execution_pb2.Execution:
         request = scheduler_pb2.GetExecutionRequest(
@@ -87,6 +120,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                     f" got {len(request.idempotency_key)}",
                 )
             )
+        if not problems:
+            problems = await self._language_problems(context, request.request, "request")
         if problems:
             await errors.invalid_argument(context, problems)
         deadline = Timestamp()

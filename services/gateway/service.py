@@ -6,12 +6,14 @@ from collections.abc import Sequence
 
 import grpc
 
+from sandmesh.executor.v1 import executor_pb2_grpc
 from sandmesh.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from sandmesh.scheduler.v1 import scheduler_pb2_grpc
 from sandmesh_queue.connection import Queue
 from sandmesh_runtime import clients
 from sandmesh_runtime.health import Check
 from sandmesh_runtime.tasks import TaskGroup
+from services.gateway.languages import LanguageCatalog
 from services.gateway.server import GatewayServicer
 from services.gateway.settings import GatewaySettings
 
@@ -24,12 +26,15 @@ class Gateway:
         self.queue = Queue(settings.nats_url, "sandmesh-gateway")
         self.tasks = TaskGroup()
         self.scheduler_channel: grpc.aio.Channel | None = None
+        self.executor_channel: grpc.aio.Channel | None = None
 
     def register(self, server: grpc.aio.Server) -> Sequence[str]:
         self.scheduler_channel = clients.channel(self.settings.scheduler_target)
+        self.executor_channel = clients.channel(self.settings.executor_target)
         # RPCs not written yet fall through to the generated base: UNIMPLEMENTED.
         servicer = GatewayServicer(  # type: ignore[abstract]
             scheduler_pb2_grpc.SchedulerServiceStub(self.scheduler_channel),
+            LanguageCatalog(executor_pb2_grpc.ExecutorServiceStub(self.executor_channel)),
             self.queue,
             self.settings,
         )
@@ -50,5 +55,6 @@ class Gateway:
     async def stop(self) -> None:
         await self.tasks.stop()
         await self.queue.close()
-        if self.scheduler_channel is not None:
-            await self.scheduler_channel.close()
+        for channel in (self.scheduler_channel, self.executor_channel):
+            if channel is not None:
+                await channel.close()

@@ -11,6 +11,9 @@ from sandmesh_runtime.settings import env
 class GatewaySettings:
     port: int = env("SANDMESH_GATEWAY_PORT", 50051, "gRPC port")
     scheduler_target: str = env("SANDMESH_SCHEDULER_TARGET", "127.0.0.1:50052", "scheduler")
+    executor_target: str = env(
+        "SANDMESH_EXECUTOR_TARGET", "127.0.0.1:50053", "any executor (languages)"
+    )
     nats_url: str = env("NATS_URL", "nats://127.0.0.1:4222", "NATS with JetStream (events)")
     max_source_bytes: int = env("SANDMESH_MAX_SOURCE_BYTES", 256 * 1024, "largest source")
     queue_ttl_s: float = env(
