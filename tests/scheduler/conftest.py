@@ -35,6 +35,7 @@ class Island:
     env: dict[str, str]
     log_dir: Path
     executors: list[ServiceProcess] = field(default_factory=list)
+    gateways: list[ServiceProcess] = field(default_factory=list)
 
     def start_executor(self) -> ServiceProcess:
         port = free_port()
@@ -50,6 +51,19 @@ class Island:
         self.executors.append(executor)
         wait_ready(executor)
         return executor
+
+    def start_gateway(self) -> ServiceProcess:
+        port = free_port()
+        env = {
+            **self.env,
+            "SANDMESH_GATEWAY_PORT": str(port),
+            "SANDMESH_SCHEDULER_TARGET": self.scheduler.target,
+        }
+        gateway = ServiceProcess("gateway", port, env, self.log_dir / "gateway.log")
+        gateway.start()
+        self.gateways.append(gateway)
+        wait_ready(gateway)
+        return gateway
 
 
 def wait_ready(service: ServiceProcess, timeout: float = 30.0) -> None:
@@ -88,8 +102,8 @@ def island(servers: Servers, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         wait_ready(scheduler)
         yield island
     finally:
-        for executor in island.executors:
-            executor.stop(10)
+        for service in [*island.gateways, *island.executors]:
+            service.stop(10)
         scheduler.stop(10)
         nats.stop()
 

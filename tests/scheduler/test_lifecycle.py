@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 import uuid
+from pathlib import Path
 from typing import TypeAlias
 
 import grpc
@@ -194,7 +197,7 @@ async def test_executor_killed_mid_job_the_job_completes_on_another(
 async def test_job_whose_executor_dies_every_time_is_dead_lettered_and_replays(
     scheduler: Stub, island: Island
 ) -> None:
-    who = tenant()
+    who = "default"  # the gateway's tenant, so the admin CLI below sees this dead letter
     execution = await enqueue(scheduler, who, source="import time\ntime.sleep(2)\nprint('finally')")
     for attempt in (1, 2):
         executor = island.start_executor()
@@ -215,8 +218,7 @@ async def test_job_whose_executor_dies_every_time_is_dead_lettered_and_replays(
     listed = await scheduler.ListDeadLetters(
         scheduler_pb2.ListDeadLettersRequest(tenant=who), timeout=5
     )
-    (letter,) = listed.dead_letters
-    assert letter.execution_id == execution.id
+    (letter,) = [d for d in listed.dead_letters if d.execution_id == execution.id]
     assert letter.deliveries == 2
     assert letter.request.source == execution.request.source
     hidden = await scheduler.ListDeadLetters(
@@ -224,19 +226,22 @@ async def test_job_whose_executor_dies_every_time_is_dead_lettered_and_replays(
     )
     assert list(hidden.dead_letters) == []
 
-    replay = await scheduler.ReplayDeadLetter(
-        scheduler_pb2.ReplayDeadLetterRequest(tenant=who, dead_letter_id=letter.id), timeout=5
-    )
-    assert replay.execution.id != execution.id
-    done = await wait_status(
-        scheduler, who, replay.execution.id, {execution_pb2.EXECUTION_STATUS_COMPLETED}
-    )
+    gateway = island.start_gateway().target
+    shown = admin("dlq", "list", "--gateway", gateway)
+    assert shown.returncode == 0 and letter.id in shown.stdout and execution.id in shown.stdout
+    replayed = admin("dlq", "replay", letter.id, "--gateway", gateway)
+    assert replayed.returncode == 0, replayed.stderr
+    replay_id = replayed.stdout.split()[-1]
+    assert replay_id != execution.id
+    done = await wait_status(scheduler, who, replay_id, {execution_pb2.EXECUTION_STATUS_COMPLETED})
     assert done.result.stdout == b"finally\n"
-    with pytest.raises(grpc.aio.AioRpcError) as twice:
-        await scheduler.ReplayDeadLetter(
-            scheduler_pb2.ReplayDeadLetterRequest(tenant=who, dead_letter_id=letter.id), timeout=5
-        )
-    assert twice.value.code() == grpc.StatusCode.NOT_FOUND
+    twice = admin("dlq", "replay", letter.id, "--gateway", gateway)
+    assert twice.returncode == 2 and "NOT_FOUND" in twice.stderr
+
+
+def admin(*args: str) -> subprocess.CompletedProcess[str]:
+    command = [str(Path(sys.executable).parent / "sandmesh"), "admin", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=30)
 
 
 async def test_a_result_delivered_twice_is_stored_once_with_one_final_event(

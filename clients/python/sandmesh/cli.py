@@ -12,6 +12,7 @@ import grpc
 
 from sandmesh import client
 from sandmesh.execution.v1 import execution_pb2
+from sandmesh.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 
 LANGUAGE_BY_SUFFIX = {".py": "python3"}
 DEFAULT_GATEWAY = "127.0.0.1:50051"
@@ -86,6 +87,41 @@ async def _migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _dead_letters(args: argparse.Namespace) -> int:
+    async with grpc.aio.insecure_channel(args.gateway) as channel:
+        gateway = gateway_pb2_grpc.GatewayServiceStub(channel)
+        try:
+            if args.action == "list":
+                listing = await gateway.ListDeadLetters(
+                    gateway_pb2.ListDeadLettersRequest(page_size=args.limit), timeout=10
+                )
+                for letter in listing.dead_letters:
+                    when = letter.created_at.ToDatetime().isoformat(timespec="seconds")
+                    print(
+                        f"{letter.id}\t{letter.execution_id}\t{when}\t"
+                        f"{letter.deliveries} deliveries\t{letter.reason}"
+                    )
+                if not listing.dead_letters:
+                    print("no dead letters")
+                return 0
+            replay = await gateway.ReplayDeadLetter(
+                gateway_pb2.ReplayDeadLetterRequest(dead_letter_id=args.id), timeout=10
+            )
+            print(f"replayed as execution {replay.execution.id}")
+            return 0
+        except grpc.aio.AioRpcError as error:
+            print(f"sandmesh: {error.code().name}: {error.details()}", file=sys.stderr)
+            return 2
+
+
+def add_gateway_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--gateway",
+        default=os.environ.get("SANDMESH_GATEWAY", DEFAULT_GATEWAY),
+        help="gateway host:port (default: $SANDMESH_GATEWAY or 127.0.0.1:50051)",
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="sandmesh", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -95,9 +131,7 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("args", nargs="*", help="command-line arguments for the program")
     run.add_argument("--language", help="language id (default: from the file suffix)")
     run.add_argument("--stdin", help="file to feed to the program's standard input")
-    run.add_argument(
-        "--gateway", default=os.environ.get("SANDMESH_GATEWAY", DEFAULT_GATEWAY), help="host:port"
-    )
+    add_gateway_option(run)
     run.add_argument("--timeout", type=float, default=120.0, help="seconds to wait in all")
 
     migrate = commands.add_parser("migrate", help="apply or revert database migrations")
@@ -105,9 +139,22 @@ def main(argv: list[str] | None = None) -> None:
     migrate.add_argument("--steps", type=int, default=1, help="how many to revert with down")
     migrate.add_argument("--database-url", help="default: $DATABASE_URL")
 
+    admin = commands.add_parser("admin", help="operate the mesh")
+    areas = admin.add_subparsers(dest="area", required=True)
+    dlq = areas.add_parser("dlq", help="dead letters: jobs no executor could finish")
+    actions = dlq.add_subparsers(dest="action", required=True)
+    listing = actions.add_parser("list", help="list dead letters, newest first")
+    listing.add_argument("--limit", type=int, default=50)
+    add_gateway_option(listing)
+    replay = actions.add_parser("replay", help="run a dead-lettered execution again")
+    replay.add_argument("id", help="dead letter id (from `list`)")
+    add_gateway_option(replay)
+
     args = parser.parse_args(argv)
     if args.command == "run":
         sys.exit(asyncio.run(_run(args, _request(args))))
+    if args.command == "admin":
+        sys.exit(asyncio.run(_dead_letters(args)))
     sys.exit(asyncio.run(_migrate(args)))
 
 
