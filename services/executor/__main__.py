@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
+# The sandbox forks with a preexec step while gRPC's threads run; gRPC's own fork handlers
+# then abort one child in a few dozen under load. They must be off before grpc is imported.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
+
 from sandmesh_runtime import bootstrap, settings
 from services.executor.service import Executor
 from services.executor.settings import ExecutorSettings
