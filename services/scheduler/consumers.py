@@ -17,6 +17,7 @@ from services.scheduler.lifecycle import Lifecycle
 log = logging.getLogger("sandmesh.scheduler")
 
 FETCH_WAIT_S = 5.0
+RETRY_DELAY_S = 1.0
 
 
 async def consume(
@@ -24,7 +25,7 @@ async def consume(
 ) -> None:
     """Pull one message at a time from a durable consumer; ack each once handled.
 
-    A handler that raises leaves its message unacked, so JetStream redelivers it.
+    A handler that raises gets its message back after RETRY_DELAY_S.
     """
     js = await queue.ready()
     subscription = await js.pull_subscribe_bind(durable=durable, stream=stream)
@@ -35,7 +36,13 @@ async def consume(
         except nats.errors.TimeoutError:
             continue
         for msg in batch:
-            await handle(msg)
+            try:
+                await handle(msg)
+            except Exception:
+                # Postgres or NATS is away: hand the message back for a later try, not lost.
+                log.exception("handling failed; retrying later", extra={"consumer": durable})
+                await msg.nak(delay=RETRY_DELAY_S)
+                continue
             await msg.ack()
 
 

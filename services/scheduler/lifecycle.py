@@ -61,8 +61,10 @@ class Lifecycle:
                 error_code="E005",
                 detail="the work queue was unavailable; nothing ran",
             )
+            await self.store.release_key(execution.id)
             if await self.store.finish(execution.id, 0, result):
-                await self._tell_watchers(js, execution.id, result)
+                with contextlib.suppress(Exception):
+                    await self._tell_watchers(js, execution.id, result)
             raise QueueUnavailable(str(exc)) from exc
         await self.store.set_job_seq(execution.id, ack.seq)
         return execution, True

@@ -202,6 +202,15 @@ class ExecutionStore:
         if row[1] >= self._limits.total:
             raise QueueFull("global", self._limits.total)
 
+    async def release_key(self, execution_id: str) -> None:
+        """Free the idempotency key of an execution that was never queued, so a retry with
+        the same key makes a fresh one instead of finding this failure."""
+        async with self._pool.connection() as conn:
+            await conn.execute(
+                "UPDATE executions SET idempotency_key = NULL WHERE id = %s",
+                (uuid.UUID(execution_id),),
+            )
+
     async def set_job_seq(self, execution_id: str, seq: int) -> None:
         async with self._pool.connection() as conn:
             await conn.execute(
