@@ -11,12 +11,16 @@ GEN := gen/python
 # Debian packages: the sandbox and the toolchains it runs, Chromium for the browser pool,
 # and initdb/pg_ctl for throwaway Postgres clusters.
 APT_PACKAGES := bubblewrap python3 nodejs gcc g++ golang-go default-jdk-headless php-cli ruby \
-	chromium postgresql
+	chromium postgresql redis-server
 
 .PHONY: up test bench setup system proto proto-check lint pytest clean
 
 up: setup
 	$(BIN)/python -m sandmesh_devstack up
+
+# Each benchmark against its baseline, side by side in one run; JSON lands in bench/results/.
+bench: setup
+	$(BIN)/python -m bench
 
 test: setup lint proto-check pytest
 
