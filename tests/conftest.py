@@ -11,21 +11,34 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
 import pytest
+from psycopg_pool import AsyncConnectionPool
 
+from sandmesh import client
 from sandmesh.gateway.v1 import gateway_pb2_grpc
 from sandmesh_db import migrate
 from sandmesh_devstack.mesh import SERVICES, Mesh
 from sandmesh_devstack.nats import LocalNats
 from sandmesh_devstack.ports import free_port
 from sandmesh_devstack.postgres import LocalPostgres
+from services.gateway.tenants import TenantStore
 
 
 @dataclass(frozen=True)
 class Servers:
     nats: LocalNats
     postgres: LocalPostgres
+    api_key: str  # of tenant "default", which the tests act as
+
+
+async def prepare_database(url: str) -> str:
+    """Migrate, create the tenant the tests act as, and return an API key of it."""
+    await migrate.up(url)
+    async with AsyncConnectionPool(url, min_size=1, max_size=1) as pool:
+        store = TenantStore(pool)
+        await store.create_tenant("default", "pro")
+        _, key = await store.create_key("default")
+    return key
 
 
 @pytest.fixture(scope="session")
@@ -33,9 +46,9 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
     base = tmp_path_factory.mktemp("servers")
     nats = LocalNats.start(base / "nats")
     postgres = LocalPostgres.start(base / "postgres")
-    asyncio.run(migrate.up(postgres.url))
+    api_key = asyncio.run(prepare_database(postgres.url))
     try:
-        yield Servers(nats, postgres)
+        yield Servers(nats, postgres, api_key)
     finally:
         nats.stop()
         postgres.destroy()
@@ -69,6 +82,8 @@ def mesh(servers: Servers, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 
 
 @pytest.fixture
-async def gateway(mesh: Mesh) -> AsyncIterator[gateway_pb2_grpc.GatewayServiceAsyncStub]:
-    async with grpc.aio.insecure_channel(mesh.services["gateway"].target) as channel:
+async def gateway(
+    mesh: Mesh, servers: Servers
+) -> AsyncIterator[gateway_pb2_grpc.GatewayServiceAsyncStub]:
+    async with client.connect(mesh.services["gateway"].target, servers.api_key) as channel:
         yield gateway_pb2_grpc.GatewayServiceStub(channel)

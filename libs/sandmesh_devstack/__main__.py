@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
+from psycopg_pool import AsyncConnectionPool
 
 from sandmesh import client
 from sandmesh.execution.v1 import execution_pb2
@@ -25,6 +25,7 @@ from sandmesh_db import migrate
 from sandmesh_devstack.mesh import Mesh
 from sandmesh_devstack.nats import LocalNats
 from sandmesh_devstack.postgres import LocalPostgres
+from services.gateway.tenants import TenantStore
 
 SMOKE_PROGRAM = 'import sys\nprint("hello from sandmesh on", sys.version.split()[0])\n'
 
@@ -50,8 +51,17 @@ def servers(base: Path) -> Iterator[tuple[str, str]]:
         yield nats_url, database_url
 
 
-async def smoke(target: str) -> execution_pb2.ExecutionResult:
-    async with grpc.aio.insecure_channel(target) as channel:
+async def developer_key(database_url: str) -> str:
+    """Tenant `dev` and a fresh API key of it, for the smoke run and the developer."""
+    async with AsyncConnectionPool(database_url, min_size=1, max_size=1) as pool:
+        store = TenantStore(pool)
+        await store.create_tenant("dev", "pro")
+        _, key = await store.create_key("dev")
+    return key
+
+
+async def smoke(target: str, api_key: str) -> execution_pb2.ExecutionResult:
+    async with client.connect(target, api_key) as channel:
         return await client.run(
             channel,
             execution_pb2.ExecutionRequest(language="python3", source=SMOKE_PROGRAM),
@@ -73,6 +83,7 @@ def main() -> None:
     with servers(base) as (nats_url, database_url):
         applied = asyncio.run(migrate.up(database_url))
         say(f"migrations applied: {', '.join(applied) or 'none pending'}")
+        api_key = asyncio.run(developer_key(database_url))
         mesh = Mesh(base / "logs", nats_url, database_url)
         mesh.start()
         try:
@@ -81,17 +92,16 @@ def main() -> None:
                 "all four services are ready: "
                 + ", ".join(f"{name} {service.target}" for name, service in mesh.services.items())
             )
-            result = asyncio.run(smoke(mesh.services["gateway"].target))
+            result = asyncio.run(smoke(mesh.services["gateway"].target, api_key))
             say(f"smoke execution: {client.status_name(result.status)}, output:")
             sys.stdout.write(result.stdout.decode(errors="replace"))
             if result.status != execution_pb2.EXECUTION_STATUS_COMPLETED:
                 raise SystemExit(f"smoke execution failed: {result.detail}")
             if args.exit_after_smoke:
                 return
-            say(
-                f"gateway on {mesh.services['gateway'].target}; logs in {base / 'logs'}; "
-                "Ctrl-C stops everything"
-            )
+            say(f"gateway on {mesh.services['gateway'].target}; logs in {base / 'logs'}")
+            say(f"try: export SANDMESH_API_KEY={api_key}; .venv/bin/sandmesh run hello.py")
+            say("Ctrl-C stops everything")
             while True:
                 for name, code in mesh.restart_dead():
                     say(f"{name} exited with code {code}; restarted")

@@ -8,7 +8,7 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -34,6 +34,13 @@ class RuntimeSettings:
     log_level: str = env("SANDMESH_LOG_LEVEL", "INFO", "root log level")
 
 
+@runtime_checkable
+class HasHooks(Protocol):
+    """A service with call hooks of its own (auth, say), run after deadline and logging."""
+
+    def hooks(self) -> Sequence[interceptors.CallHook]: ...
+
+
 class Service(Protocol):
     """What a service gives the bootstrap."""
 
@@ -56,7 +63,13 @@ async def serve(service: Service, port: int, runtime: RuntimeSettings) -> None:
     """Serve `service` on `port` until SIGTERM or SIGINT, then drain and return."""
     server = grpc.aio.server(
         interceptors=[
-            interceptors.HookInterceptor([deadlines.deadline_hook, interceptors.logging_hook])
+            interceptors.HookInterceptor(
+                [
+                    deadlines.deadline_hook,
+                    interceptors.logging_hook,
+                    *(service.hooks() if isinstance(service, HasHooks) else ()),
+                ]
+            )
         ],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),

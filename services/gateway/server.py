@@ -10,6 +10,7 @@ from typing import Any, NoReturn, TypeAlias, TypeVar
 import grpc
 import nats.errors
 from google.protobuf.timestamp_pb2 import Timestamp
+from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
@@ -19,22 +20,17 @@ from sandmesh.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 from sandmesh_queue import subjects
 from sandmesh_queue.connection import Queue
 from sandmesh_runtime import deadlines, errors
-from services.gateway import languages, validation
+from services.gateway import auth, languages, validation
 from services.gateway.settings import GatewaySettings
+from services.gateway.tenants import TenantStore
 
 log = logging.getLogger("sandmesh.gateway")
 
 Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 T = TypeVar("T")
 
-# Until API keys land, every caller acts for this tenant.
-DEFAULT_TENANT = "default"
 # A watcher that hears nothing for this long re-reads the state, in case an event was lost.
 WATCH_RECHECK_S = 2.0
-
-
-def _tenant(context: Context) -> str:
-    return DEFAULT_TENANT
 
 
 async def _forward_error(context: Context, error: grpc.aio.AioRpcError) -> NoReturn:
@@ -51,11 +47,13 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self,
         scheduler: scheduler_pb2_grpc.SchedulerServiceAsyncStub,
         catalog: languages.LanguageCatalog,
+        tenants: TenantStore,
         queue: Queue,
         settings: GatewaySettings,
     ) -> None:
         self._scheduler = scheduler
         self._languages = catalog
+        self._tenants = tenants
         self._queue = queue
         self._settings = settings
 
@@ -65,6 +63,34 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             return await call(deadlines.timeout(self._settings.downstream_timeout_s))
         except grpc.aio.AioRpcError as error:
             await _forward_error(context, error)
+
+    async def _take_submission_token(self, context: Context) -> None:
+        """The tenant's rate limit, shared by every gateway replica through Postgres."""
+        caller = auth.current()
+        if caller.tier == "pro":
+            rate, burst = self._settings.pro_rate_per_s, self._settings.pro_burst
+        else:
+            rate, burst = self._settings.free_rate_per_s, self._settings.free_burst
+        try:
+            wait_s = await self._tenants.take_token(f"submit:{caller.tenant}", rate, burst)
+        except Exception:
+            await errors.unavailable(context, "the rate limiter is unavailable; denied")
+        if wait_s > 0:
+            await errors.abort(
+                context,
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"tenant {caller.tenant!r} is over its {caller.tier} rate of {rate:g}"
+                f" submissions per second",
+                errors.retry_info(wait_s),
+                error_details_pb2.QuotaFailure(
+                    violations=[
+                        error_details_pb2.QuotaFailure.Violation(
+                            subject=f"tenant:{caller.tenant}",
+                            description=f"{rate:g} submissions per second, bursts of {burst:g}",
+                        )
+                    ]
+                ),
+            )
 
     async def _language_problems(
         self, context: Context, request: execution_pb2.ExecutionRequest, prefix: str
@@ -99,7 +125,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
 
     async def _get(self, context: Context, execution_id: str) -> execution_pb2.Execution:
         request = scheduler_pb2.GetExecutionRequest(
-            tenant=_tenant(context), execution_id=execution_id
+            tenant=auth.current().tenant, execution_id=execution_id
         )
         response = await self._forward(
             context, lambda timeout: self._scheduler.GetExecution(request, timeout=timeout)
@@ -124,10 +150,11 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             problems = await self._language_problems(context, request.request, "request")
         if problems:
             await errors.invalid_argument(context, problems)
+        await self._take_submission_token(context)
         deadline = Timestamp()
         deadline.FromNanoseconds(int((time.time() + self._settings.queue_ttl_s) * 1e9))
         enqueue = scheduler_pb2.EnqueueRequest(
-            tenant=_tenant(context),
+            tenant=auth.current().tenant,
             request=request.request,
             idempotency_key=request.idempotency_key,
             deadline=deadline,
@@ -135,6 +162,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         response = await self._forward(
             context, lambda timeout: self._scheduler.Enqueue(enqueue, timeout=timeout)
         )
+        auth.note_target(response.execution.id)
         return gateway_pb2.SubmitExecutionResponse(execution=response.execution)
 
     async def GetExecution(
@@ -151,8 +179,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     ) -> gateway_pb2.CancelExecutionResponse:
         if not request.execution_id:
             await errors.invalid_argument(context, [("execution_id", "must not be empty")])
+        auth.note_target(request.execution_id)
         cancel = scheduler_pb2.CancelExecutionRequest(
-            tenant=_tenant(context), execution_id=request.execution_id
+            tenant=auth.current().tenant, execution_id=request.execution_id
         )
         response = await self._forward(
             context, lambda timeout: self._scheduler.CancelExecution(cancel, timeout=timeout)
@@ -163,7 +192,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self, request: gateway_pb2.ListDeadLettersRequest, context: Context
     ) -> gateway_pb2.ListDeadLettersResponse:
         listing = scheduler_pb2.ListDeadLettersRequest(
-            tenant=_tenant(context), page_size=request.page_size, page_token=request.page_token
+            tenant=auth.current().tenant, page_size=request.page_size, page_token=request.page_token
         )
         response = await self._forward(
             context, lambda timeout: self._scheduler.ListDeadLetters(listing, timeout=timeout)
@@ -177,8 +206,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     ) -> gateway_pb2.ReplayDeadLetterResponse:
         if not request.dead_letter_id:
             await errors.invalid_argument(context, [("dead_letter_id", "must not be empty")])
+        auth.note_target(request.dead_letter_id)
         replay = scheduler_pb2.ReplayDeadLetterRequest(
-            tenant=_tenant(context), dead_letter_id=request.dead_letter_id
+            tenant=auth.current().tenant, dead_letter_id=request.dead_letter_id
         )
         response = await self._forward(
             context, lambda timeout: self._scheduler.ReplayDeadLetter(replay, timeout=timeout)

@@ -9,13 +9,17 @@ import grpc
 from sandmesh.executor.v1 import executor_pb2_grpc
 from sandmesh.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from sandmesh.scheduler.v1 import scheduler_pb2_grpc
+from sandmesh_db import pool as db_pool
 from sandmesh_queue.connection import Queue
 from sandmesh_runtime import clients
 from sandmesh_runtime.health import Check
+from sandmesh_runtime.interceptors import CallHook
 from sandmesh_runtime.tasks import TaskGroup
+from services.gateway.auth import Authenticator
 from services.gateway.languages import LanguageCatalog
 from services.gateway.server import GatewayServicer
 from services.gateway.settings import GatewaySettings
+from services.gateway.tenants import TenantStore
 
 
 class Gateway:
@@ -24,6 +28,9 @@ class Gateway:
     def __init__(self, settings: GatewaySettings) -> None:
         self.settings = settings
         self.queue = Queue(settings.nats_url, "sandmesh-gateway")
+        self.pool = db_pool.new_pool(settings.database_url)
+        self.tenants = TenantStore(self.pool)
+        self.authenticator = Authenticator(self.tenants, settings.auth_disabled)
         self.tasks = TaskGroup()
         self.scheduler_channel: grpc.aio.Channel | None = None
         self.executor_channel: grpc.aio.Channel | None = None
@@ -35,6 +42,7 @@ class Gateway:
         servicer = GatewayServicer(  # type: ignore[abstract]
             scheduler_pb2_grpc.SchedulerServiceStub(self.scheduler_channel),
             LanguageCatalog(executor_pb2_grpc.ExecutorServiceStub(self.executor_channel)),
+            self.tenants,
             self.queue,
             self.settings,
         )
@@ -44,9 +52,13 @@ class Gateway:
     def checks(self) -> Sequence[Check]:
         # The scheduler is left out on purpose: a gateway that went unready with it would take
         # every replica out of the load balancer at once, when it should answer UNAVAILABLE.
-        return [Check("nats", self.queue.ping)]
+        return [Check("nats", self.queue.ping), Check("postgres", lambda: db_pool.ping(self.pool))]
+
+    def hooks(self) -> Sequence[CallHook]:
+        return [self.authenticator.hook]
 
     async def start(self) -> None:
+        await self.pool.open(wait=False)
         self.tasks.supervise("nats", self._connect, forever=False)
 
     async def _connect(self) -> None:
@@ -55,6 +67,7 @@ class Gateway:
     async def stop(self) -> None:
         await self.tasks.stop()
         await self.queue.close()
+        await self.pool.close()
         for channel in (self.scheduler_channel, self.executor_channel):
             if channel is not None:
                 await channel.close()

@@ -14,6 +14,16 @@ class GatewaySettings:
     executor_target: str = env(
         "SANDMESH_EXECUTOR_TARGET", "127.0.0.1:50053", "any executor (languages)"
     )
+    database_url: str = env(
+        "DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/sandmesh", "tenants, keys, audit"
+    )
+    auth_disabled: bool = env(
+        "SANDMESH_AUTH_DISABLED", False, "development only: every caller is tenant 'default'"
+    )
+    free_rate_per_s: float = env("SANDMESH_FREE_RATE_PER_S", 2.0, "free tier: submissions/s")
+    free_burst: float = env("SANDMESH_FREE_BURST", 10.0, "free tier: burst of submissions")
+    pro_rate_per_s: float = env("SANDMESH_PRO_RATE_PER_S", 50.0, "pro tier: submissions/s")
+    pro_burst: float = env("SANDMESH_PRO_BURST", 100.0, "pro tier: burst of submissions")
     nats_url: str = env("NATS_URL", "nats://127.0.0.1:4222", "NATS with JetStream (events)")
     max_source_bytes: int = env("SANDMESH_MAX_SOURCE_BYTES", 256 * 1024, "largest source")
     queue_ttl_s: float = env(

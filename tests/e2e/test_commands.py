@@ -9,19 +9,28 @@ from pathlib import Path
 
 from sandmesh_devstack.mesh import Mesh, health_status
 from sandmesh_devstack.ports import free_port
+from tests.conftest import Servers
 
 SANDMESH = str(Path(sys.executable).parent / "sandmesh")
 
 
 def test_sandmesh_run_prints_output_and_exits_with_the_program_code(
-    mesh: Mesh, tmp_path: Path
+    mesh: Mesh, servers: Servers, tmp_path: Path
 ) -> None:
     program = tmp_path / "greet.py"
     program.write_text(
         "import sys\nprint('out line')\nprint('err line', file=sys.stderr)\nsys.exit(4)\n"
     )
     done = subprocess.run(
-        [SANDMESH, "run", str(program), "--gateway", mesh.services["gateway"].target],
+        [
+            SANDMESH,
+            "run",
+            str(program),
+            "--gateway",
+            mesh.services["gateway"].target,
+            "--api-key",
+            servers.api_key,
+        ],
         capture_output=True,
         timeout=60,
     )
@@ -30,7 +39,9 @@ def test_sandmesh_run_prints_output_and_exits_with_the_program_code(
     assert done.returncode == 4
 
 
-def test_sandmesh_run_passes_arguments_and_stdin(mesh: Mesh, tmp_path: Path) -> None:
+def test_sandmesh_run_passes_arguments_and_stdin(
+    mesh: Mesh, servers: Servers, tmp_path: Path
+) -> None:
     program = tmp_path / "echo.py"
     program.write_text("import sys\nprint(sys.argv[1:], sys.stdin.read().upper())\n")
     feed = tmp_path / "in.txt"
@@ -46,6 +57,8 @@ def test_sandmesh_run_passes_arguments_and_stdin(mesh: Mesh, tmp_path: Path) -> 
             str(feed),
             "--gateway",
             mesh.services["gateway"].target,
+            "--api-key",
+            servers.api_key,
         ],
         capture_output=True,
         timeout=60,

@@ -13,12 +13,13 @@ from sandmesh.execution.v1 import execution_pb2
 from sandmesh.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from sandmesh_devstack.mesh import Mesh
 from sandmesh_runtime.errors import details_of
+from tests.conftest import Servers
 
 
 async def run(
-    mesh: Mesh, source: str, limits: execution_pb2.Limits | None = None
+    mesh: Mesh, servers: Servers, source: str, limits: execution_pb2.Limits | None = None
 ) -> execution_pb2.ExecutionResult:
-    async with grpc.aio.insecure_channel(mesh.services["gateway"].target) as channel:
+    async with client.connect(mesh.services["gateway"].target, servers.api_key) as channel:
         return await client.run(
             channel,
             execution_pb2.ExecutionRequest(language="python3", source=source, limits=limits),
@@ -26,8 +27,8 @@ async def run(
         )
 
 
-async def test_hello_completes_with_its_output(mesh: Mesh) -> None:
-    result = await run(mesh, 'print("hello")')
+async def test_hello_completes_with_its_output(mesh: Mesh, servers: Servers) -> None:
+    result = await run(mesh, servers, 'print("hello")')
     assert result.status == execution_pb2.EXECUTION_STATUS_COMPLETED, result.detail
     assert result.stdout == b"hello\n"
     assert result.stderr == b""
@@ -35,18 +36,18 @@ async def test_hello_completes_with_its_output(mesh: Mesh) -> None:
     assert result.usage.wall_time_ms > 0
 
 
-async def test_exit_code_is_reported_as_failed(mesh: Mesh) -> None:
-    result = await run(mesh, "import sys\nprint('bye', file=sys.stderr)\nsys.exit(3)")
+async def test_exit_code_is_reported_as_failed(mesh: Mesh, servers: Servers) -> None:
+    result = await run(mesh, servers, "import sys\nprint('bye', file=sys.stderr)\nsys.exit(3)")
     assert result.status == execution_pb2.EXECUTION_STATUS_FAILED
     assert result.exit_code == 3
     assert result.stderr == b"bye\n"
     assert result.error_code == "E002"
 
 
-async def test_infinite_loop_times_out_within_its_limit(mesh: Mesh) -> None:
+async def test_infinite_loop_times_out_within_its_limit(mesh: Mesh, servers: Servers) -> None:
     limits = execution_pb2.Limits(cpu_time_ms=1000, wall_time_ms=2000)
     started = time.monotonic()
-    result = await run(mesh, "while True:\n    pass\n", limits)
+    result = await run(mesh, servers, "while True:\n    pass\n", limits)
     elapsed = time.monotonic() - started
     assert result.status == execution_pb2.EXECUTION_STATUS_TIMEOUT, result.detail
     assert result.error_code == "E004"
@@ -55,9 +56,11 @@ async def test_infinite_loop_times_out_within_its_limit(mesh: Mesh) -> None:
     assert elapsed < 2.0 + 3.0
 
 
-async def test_memory_bomb_does_not_complete(mesh: Mesh) -> None:
+async def test_memory_bomb_does_not_complete(mesh: Mesh, servers: Servers) -> None:
     limits = execution_pb2.Limits(memory_mb=128)
-    result = await run(mesh, "block = bytearray(1024 * 1024 * 1024)\nprint(len(block))", limits)
+    result = await run(
+        mesh, servers, "block = bytearray(1024 * 1024 * 1024)\nprint(len(block))", limits
+    )
     assert result.status != execution_pb2.EXECUTION_STATUS_COMPLETED
     assert result.stdout == b""
     assert result.status in (

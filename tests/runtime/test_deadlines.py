@@ -12,6 +12,7 @@ import psycopg
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from sandmesh import client
 from sandmesh.execution.v1 import execution_pb2
 from sandmesh.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from sandmesh.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
@@ -47,7 +48,7 @@ async def test_slow_downstream_ends_in_deadline_exceeded_and_saw_less_time(
     # A real slow downstream: the scheduler's INSERT waits on a lock the test holds.
     async with await psycopg.AsyncConnection.connect(servers.postgres.url) as locker:
         await locker.execute("LOCK TABLE executions IN ACCESS EXCLUSIVE MODE")
-        async with grpc.aio.insecure_channel(mesh.services["gateway"].target) as channel:
+        async with client.connect(mesh.services["gateway"].target, servers.api_key) as channel:
             gateway = gateway_pb2_grpc.GatewayServiceStub(channel)
             started = time.monotonic()
             with pytest.raises(grpc.aio.AioRpcError) as caught:

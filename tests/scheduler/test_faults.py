@@ -17,6 +17,7 @@ import grpc
 import psycopg
 import pytest
 
+from sandmesh import client
 from sandmesh.execution.v1 import execution_pb2
 from sandmesh.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from sandmesh_devstack.mesh import SERVICES, Mesh, health_status
@@ -38,7 +39,13 @@ def fault_mesh(
         nats.url,
         servers.postgres.url,
         ports={name: free_port() for name in SERVICES},
-        extra_env={"SANDMESH_JOB_ACK_WAIT_S": "3", "SANDMESH_MAX_QUEUED_PER_TENANT": "5000"},
+        extra_env={
+            "SANDMESH_JOB_ACK_WAIT_S": "3",
+            "SANDMESH_MAX_QUEUED_PER_TENANT": "5000",
+            # This is a load test of the queue, not of the tenant's rate limit.
+            "SANDMESH_PRO_RATE_PER_S": "10000",
+            "SANDMESH_PRO_BURST": "10000",
+        },
     )
     mesh.start()
     try:
@@ -104,7 +111,7 @@ async def test_hundred_clients_submitting_ten_each_give_a_thousand_final_states(
     target = mesh.services["gateway"].target
 
     async def client(number: int) -> list[str]:
-        async with grpc.aio.insecure_channel(target) as channel:
+        async with client.connect(target, servers.api_key) as channel:
             gateway = gateway_pb2_grpc.GatewayServiceStub(channel)
             return [
                 await submit_with_retries(gateway, f"print({number * 10 + i})", uuid.uuid4().hex)
@@ -129,7 +136,7 @@ async def test_nats_restart_during_a_burst_loses_nothing_and_runs_nothing_twice(
         await asyncio.sleep(0.5)
         await asyncio.to_thread(nats.restart)
 
-    async with grpc.aio.insecure_channel(target) as channel:
+    async with client.connect(target, servers.api_key) as channel:
         gateway = gateway_pb2_grpc.GatewayServiceStub(channel)
         restart = asyncio.create_task(restart_nats_midway())
         ids = await asyncio.gather(
@@ -151,7 +158,7 @@ async def test_postgres_restart_drops_readiness_then_recovers_and_loses_nothing(
 ) -> None:
     mesh, _ = fault_mesh
     scheduler = mesh.services["scheduler"].target
-    async with grpc.aio.insecure_channel(mesh.services["gateway"].target) as channel:
+    async with client.connect(mesh.services["gateway"].target, servers.api_key) as channel:
         gateway = gateway_pb2_grpc.GatewayServiceStub(channel)
         accepted = [
             await submit_with_retries(

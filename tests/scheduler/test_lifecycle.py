@@ -21,6 +21,7 @@ from sandmesh.execution.v1 import execution_pb2
 from sandmesh.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 from sandmesh_queue import messages, subjects
 from sandmesh_runtime.errors import details_of
+from tests.conftest import Servers
 from tests.scheduler.conftest import MAX_QUEUED_PER_TENANT, Island
 
 Stub: TypeAlias = "scheduler_pb2_grpc.SchedulerServiceAsyncStub"
@@ -195,7 +196,7 @@ async def test_executor_killed_mid_job_the_job_completes_on_another(
 
 
 async def test_job_whose_executor_dies_every_time_is_dead_lettered_and_replays(
-    scheduler: Stub, island: Island
+    scheduler: Stub, island: Island, servers: Servers
 ) -> None:
     who = "default"  # the gateway's tenant, so the admin CLI below sees this dead letter
     execution = await enqueue(scheduler, who, source="import time\ntime.sleep(2)\nprint('finally')")
@@ -226,16 +227,16 @@ async def test_job_whose_executor_dies_every_time_is_dead_lettered_and_replays(
     )
     assert list(hidden.dead_letters) == []
 
-    gateway = island.start_gateway().target
-    shown = admin("dlq", "list", "--gateway", gateway)
+    gateway = ("--gateway", island.start_gateway().target, "--api-key", servers.api_key)
+    shown = admin("dlq", "list", *gateway)
     assert shown.returncode == 0 and letter.id in shown.stdout and execution.id in shown.stdout
-    replayed = admin("dlq", "replay", letter.id, "--gateway", gateway)
+    replayed = admin("dlq", "replay", letter.id, *gateway)
     assert replayed.returncode == 0, replayed.stderr
     replay_id = replayed.stdout.split()[-1]
     assert replay_id != execution.id
     done = await wait_status(scheduler, who, replay_id, {execution_pb2.EXECUTION_STATUS_COMPLETED})
     assert done.result.stdout == b"finally\n"
-    twice = admin("dlq", "replay", letter.id, "--gateway", gateway)
+    twice = admin("dlq", "replay", letter.id, *gateway)
     assert twice.returncode == 2 and "NOT_FOUND" in twice.stderr
 
 

@@ -46,7 +46,7 @@ def _print_chunk(chunk: execution_pb2.OutputChunk) -> None:
 
 
 async def _run(args: argparse.Namespace, request: execution_pb2.ExecutionRequest) -> int:
-    async with grpc.aio.insecure_channel(args.gateway) as channel:
+    async with client.connect(args.gateway, args.api_key) as channel:
         try:
             result = await client.run(
                 channel, request, timeout=args.timeout, on_output=_print_chunk
@@ -67,10 +67,7 @@ async def _run(args: argparse.Namespace, request: execution_pb2.ExecutionRequest
 async def _migrate(args: argparse.Namespace) -> int:
     from sandmesh_db import migrate
 
-    url = args.database_url or os.environ.get("DATABASE_URL")
-    if not url:
-        print("sandmesh: set DATABASE_URL or pass --database-url", file=sys.stderr)
-        return 2
+    url = database_url(args)
     if args.direction == "up":
         ran = await migrate.up(url)
     elif args.direction == "down":
@@ -88,7 +85,7 @@ async def _migrate(args: argparse.Namespace) -> int:
 
 
 async def _dead_letters(args: argparse.Namespace) -> int:
-    async with grpc.aio.insecure_channel(args.gateway) as channel:
+    async with client.connect(args.gateway, args.api_key) as channel:
         gateway = gateway_pb2_grpc.GatewayServiceStub(channel)
         try:
             if args.action == "list":
@@ -120,6 +117,56 @@ def add_gateway_option(parser: argparse.ArgumentParser) -> None:
         default=os.environ.get("SANDMESH_GATEWAY", DEFAULT_GATEWAY),
         help="gateway host:port (default: $SANDMESH_GATEWAY or 127.0.0.1:50051)",
     )
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get("SANDMESH_API_KEY"),
+        help="API key (default: $SANDMESH_API_KEY)",
+    )
+
+
+def add_database_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--database-url", help="default: $DATABASE_URL")
+
+
+def database_url(args: argparse.Namespace) -> str:
+    url: str | None = args.database_url or os.environ.get("DATABASE_URL")
+    if not url:
+        raise SystemExit("sandmesh: set DATABASE_URL or pass --database-url")
+    return url
+
+
+async def _tenants(args: argparse.Namespace) -> int:
+    from psycopg_pool import AsyncConnectionPool
+
+    from services.gateway.tenants import TenantStore
+
+    async with AsyncConnectionPool(database_url(args), min_size=1, max_size=1) as pool:
+        store = TenantStore(pool)
+        try:
+            if args.area == "tenant":
+                await store.create_tenant(args.name, args.tier)
+                print(f"tenant {args.name} ({args.tier})")
+            elif args.area == "key" and args.action == "create":
+                key_id, key = await store.create_key(args.tenant)
+                print(
+                    f"key id {key_id}\nkey    {key}\n(the key is shown once; only its hash is kept)"
+                )
+            elif args.area == "key":
+                if not await store.revoke_key(args.key_id):
+                    print(f"sandmesh: no active key {args.key_id}", file=sys.stderr)
+                    return 2
+                print(f"revoked {args.key_id}")
+            else:
+                for entry in await store.audit_entries(args.tenant, args.limit):
+                    when = entry.time.isoformat(timespec="seconds")
+                    print(
+                        f"{when}\t{entry.tenant}\t{entry.key_id or '-'}\t{entry.method}"
+                        f"\t{entry.target_id or '-'}\t{entry.code}"
+                    )
+        except (LookupError, ValueError) as exc:
+            print(f"sandmesh: {exc}", file=sys.stderr)
+            return 2
+    return 0
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -137,10 +184,27 @@ def main(argv: list[str] | None = None) -> None:
     migrate = commands.add_parser("migrate", help="apply or revert database migrations")
     migrate.add_argument("direction", choices=["up", "down", "status"])
     migrate.add_argument("--steps", type=int, default=1, help="how many to revert with down")
-    migrate.add_argument("--database-url", help="default: $DATABASE_URL")
+    add_database_option(migrate)
 
     admin = commands.add_parser("admin", help="operate the mesh")
     areas = admin.add_subparsers(dest="area", required=True)
+    tenant = areas.add_parser("tenant", help="create a tenant or change its tier")
+    tenant.add_argument("action", choices=["create"])
+    tenant.add_argument("name")
+    tenant.add_argument("--tier", choices=["free", "pro"], default="free")
+    add_database_option(tenant)
+    key = areas.add_parser("key", help="API keys: create one for a tenant, or revoke one")
+    key_actions = key.add_subparsers(dest="action", required=True)
+    key_create = key_actions.add_parser("create")
+    key_create.add_argument("tenant")
+    add_database_option(key_create)
+    key_revoke = key_actions.add_parser("revoke")
+    key_revoke.add_argument("key_id")
+    add_database_option(key_revoke)
+    audit = areas.add_parser("audit", help="the newest mutating calls, newest first")
+    audit.add_argument("--tenant")
+    audit.add_argument("--limit", type=int, default=50)
+    add_database_option(audit)
     dlq = areas.add_parser("dlq", help="dead letters: jobs no executor could finish")
     actions = dlq.add_subparsers(dest="action", required=True)
     listing = actions.add_parser("list", help="list dead letters, newest first")
@@ -154,7 +218,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "run":
         sys.exit(asyncio.run(_run(args, _request(args))))
     if args.command == "admin":
-        sys.exit(asyncio.run(_dead_letters(args)))
+        handler = _dead_letters if args.area == "dlq" else _tenants
+        sys.exit(asyncio.run(handler(args)))
     sys.exit(asyncio.run(_migrate(args)))
 
 

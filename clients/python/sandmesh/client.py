@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import grpc
 
@@ -10,6 +11,37 @@ from sandmesh.execution.v1 import execution_pb2
 from sandmesh.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 
 OutputHandler = Callable[[execution_pb2.OutputChunk], Awaitable[None] | None]
+
+
+def _with_key(details: Any, header: tuple[str, str]) -> Any:
+    return details._replace(metadata=grpc.aio.Metadata(*(details.metadata or ()), header))
+
+
+# grpc.aio files an interceptor under the first call kind it implements only, so unary and
+# streaming calls each need their own.
+class _UnaryKey(grpc.aio.UnaryUnaryClientInterceptor):
+    def __init__(self, header: tuple[str, str]) -> None:
+        self._header = header
+
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(_with_key(details, self._header), request)
+
+
+class _StreamKey(grpc.aio.UnaryStreamClientInterceptor):
+    def __init__(self, header: tuple[str, str]) -> None:
+        self._header = header
+
+    async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(_with_key(details, self._header), request)
+
+
+def connect(target: str, api_key: str | None = None) -> grpc.aio.Channel:
+    """A channel to the gateway at `target` whose calls carry `authorization: Bearer <key>`."""
+    header = ("authorization", f"Bearer {api_key}")
+    interceptors: list[grpc.aio.ClientInterceptor] = (
+        [_UnaryKey(header), _StreamKey(header)] if api_key else []
+    )
+    return grpc.aio.insecure_channel(target, interceptors=interceptors)
 
 
 class StreamEnded(RuntimeError):

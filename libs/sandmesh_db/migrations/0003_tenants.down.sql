@@ -1,0 +1,4 @@
+DROP TABLE rate_buckets;
+DROP TABLE audit_log;
+DROP TABLE api_keys;
+DROP TABLE tenants;

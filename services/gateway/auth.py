@@ -1,0 +1,121 @@
+"""API-key authentication, tenant context and the audit trail, as one call hook.
+
+Every public call names its tenant through its key; the policy check fails closed, so a
+key that cannot be verified (Postgres away) is refused, never waved through.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from sandmesh_runtime import errors
+from services.gateway.tenants import Caller, TenantStore
+
+log = logging.getLogger("sandmesh.gateway")
+
+# Calls that change something are written to the audit log.
+MUTATING = frozenset(
+    f"/sandmesh.gateway.v1.GatewayService/{name}"
+    for name in (
+        "SubmitExecution",
+        "RunExecution",
+        "CancelExecution",
+        "SubmitBatch",
+        "CreateSession",
+        "UpdateSessionSource",
+        "CloseSession",
+        "RunSession",
+        "ReplayDeadLetter",
+    )
+)
+DEVELOPMENT_CALLER = Caller(tenant="default", tier="pro", key_id=None)
+VERIFY_WAIT_S = 1.0
+
+_caller: contextvars.ContextVar[Caller] = contextvars.ContextVar("caller")
+_target: contextvars.ContextVar[str] = contextvars.ContextVar("audit_target", default="")
+
+
+def current() -> Caller:
+    """The authenticated caller of the call being served."""
+    return _caller.get()
+
+
+def note_target(target_id: str) -> None:
+    """Name the object a mutating call acted on, for its audit entry."""
+    _target.set(target_id)
+
+
+def _bearer(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
+            return value.removeprefix("Bearer ").strip() or None
+    return None
+
+
+class Authenticator:
+    def __init__(self, store: TenantStore, disabled: bool) -> None:
+        self._store = store
+        self._disabled = disabled
+        if disabled:
+            log.warning(
+                "AUTHENTICATION IS DISABLED: every caller acts as tenant 'default'."
+                " Never run like this outside a developer's machine."
+            )
+
+    async def _identify(self, context: grpc.aio.ServicerContext[Any, Any]) -> Caller:
+        if self._disabled:
+            return DEVELOPMENT_CALLER
+        key = _bearer(context)
+        if key is None:
+            await errors.abort(
+                context,
+                grpc.StatusCode.UNAUTHENTICATED,
+                "missing API key: send the metadata 'authorization: Bearer <key>'",
+            )
+        try:
+            caller = await self._store.caller(key, VERIFY_WAIT_S)
+        except Exception as exc:
+            log.warning("cannot verify API keys; denying", extra={"error": str(exc)})
+            await errors.unavailable(context, "the API key cannot be verified now; denied")
+        if caller is None:
+            await errors.abort(
+                context, grpc.StatusCode.UNAUTHENTICATED, "unknown or revoked API key"
+            )
+        return caller
+
+    @contextlib.asynccontextmanager
+    async def hook(
+        self, method: str, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[None]:
+        """Call hook: authenticate, expose the caller, and audit mutating calls."""
+        if not method.startswith("/sandmesh."):
+            yield
+            return
+        caller = await self._identify(context)
+        caller_token = _caller.set(caller)
+        target_token = _target.set("")
+        code = grpc.StatusCode.OK
+        try:
+            yield
+        except grpc.aio.AbortError:
+            code = context.code() or grpc.StatusCode.UNKNOWN
+            raise
+        except Exception:
+            code = grpc.StatusCode.UNKNOWN
+            raise
+        finally:
+            if method in MUTATING:
+                try:
+                    await self._store.audit(
+                        caller, method.rsplit("/", 1)[1], _target.get(), code.name
+                    )
+                except Exception:
+                    log.exception("audit entry lost", extra={"method": method})
+            _target.reset(target_token)
+            _caller.reset(caller_token)
