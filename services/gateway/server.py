@@ -20,6 +20,7 @@ from sandmesh.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 from sandmesh_queue import subjects
 from sandmesh_queue.connection import Queue
 from sandmesh_runtime import deadlines, errors
+from sandmesh_runtime.resilience import CircuitBreaker
 from services.gateway import auth, languages, validation
 from services.gateway.settings import GatewaySettings
 from services.gateway.tenants import TenantStore
@@ -28,6 +29,10 @@ log = logging.getLogger("sandmesh.gateway")
 
 Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 T = TypeVar("T")
+# Codes that say the downstream itself is in trouble; they count against its breaker.
+DOWNSTREAM_FAULTS = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
+)
 
 # A watcher that hears nothing for this long re-reads the state, in case an event was lost.
 WATCH_RECHECK_S = 2.0
@@ -56,13 +61,36 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self._tenants = tenants
         self._queue = queue
         self._settings = settings
+        self._breakers = {
+            name: CircuitBreaker(name, failures=5, cooldown_s=settings.breaker_cooldown_s)
+            for name in ("scheduler", "executor")
+        }
 
-    async def _forward(self, context: Context, call: Callable[[float], Awaitable[T]]) -> T:
-        """Run a downstream call with the time left on ours; relay its refusal as ours."""
+    async def _forward(
+        self,
+        context: Context,
+        call: Callable[[float], Awaitable[T]],
+        breaker: CircuitBreaker | None = None,
+    ) -> T:
+        """Run a downstream call with the time left on ours; relay its refusal as ours.
+
+        While the downstream's breaker is open the call is refused at once, not tried.
+        """
+        breaker = breaker or self._breakers["scheduler"]
+        if not breaker.allow():
+            await errors.unavailable(
+                context, f"the {breaker.name} is unavailable", breaker.retry_after()
+            )
         try:
-            return await call(deadlines.timeout(self._settings.downstream_timeout_s))
+            result = await call(deadlines.timeout(self._settings.downstream_timeout_s))
         except grpc.aio.AioRpcError as error:
+            if error.code() in DOWNSTREAM_FAULTS:
+                breaker.failed()
+            else:
+                breaker.succeeded()
             await _forward_error(context, error)
+        breaker.succeeded()
+        return result
 
     async def _take_submission_token(self, context: Context) -> None:
         """The tenant's rate limit, shared by every gateway replica through Postgres."""
@@ -95,7 +123,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     async def _language_problems(
         self, context: Context, request: execution_pb2.ExecutionRequest, prefix: str
     ) -> list[tuple[str, str]]:
-        catalog = await self._forward(context, lambda _: self._languages.all())
+        catalog = await self._forward(
+            context, lambda _: self._languages.all(), self._breakers["executor"]
+        )
         language = catalog.get(request.language)
         if language is None:
             known = ", ".join(sorted(catalog))
@@ -107,7 +137,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     async def ListLanguages(
         self, request: gateway_pb2.ListLanguagesRequest, context: Context
     ) -> gateway_pb2.ListLanguagesResponse:
-        catalog = await self._forward(context, lambda _: self._languages.all())
+        catalog = await self._forward(
+            context, lambda _: self._languages.all(), self._breakers["executor"]
+        )
         return gateway_pb2.ListLanguagesResponse(
             languages=sorted(catalog.values(), key=lambda language: language.id)
         )
@@ -115,7 +147,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     async def GetLanguage(
         self, request: gateway_pb2.GetLanguageRequest, context: Context
     ) -> gateway_pb2.GetLanguageResponse:
-        catalog = await self._forward(context, lambda _: self._languages.all())
+        catalog = await self._forward(
+            context, lambda _: self._languages.all(), self._breakers["executor"]
+        )
         language = catalog.get(request.language_id)
         if language is None:
             await errors.abort(
@@ -136,7 +170,10 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self, request: gateway_pb2.SubmitExecutionRequest, context: Context
     ) -> gateway_pb2.SubmitExecutionResponse:
         problems = validation.execution_request(
-            request.request, "request", self._settings.max_source_bytes
+            request.request,
+            "request",
+            self._settings.max_source_bytes,
+            self._settings.max_request_bytes,
         )
         if len(request.idempotency_key) > validation.MAX_KEY_LENGTH:
             problems.append(

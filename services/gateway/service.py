@@ -36,8 +36,19 @@ class Gateway:
         self.executor_channel: grpc.aio.Channel | None = None
 
     def register(self, server: grpc.aio.Server) -> Sequence[str]:
-        self.scheduler_channel = clients.channel(self.settings.scheduler_target)
-        self.executor_channel = clients.channel(self.settings.executor_target)
+        # Reads are idempotent, so the channel retries them; writes are never retried here.
+        self.scheduler_channel = clients.channel(
+            self.settings.scheduler_target,
+            clients.retry_config(
+                "sandmesh.scheduler.v1.SchedulerService", ["GetExecution", "ListDeadLetters"]
+            ),
+        )
+        self.executor_channel = clients.channel(
+            self.settings.executor_target,
+            clients.retry_config(
+                "sandmesh.executor.v1.ExecutorService", ["ListLanguages", "GetLanguage"]
+            ),
+        )
         # RPCs not written yet fall through to the generated base: UNIMPLEMENTED.
         servicer = GatewayServicer(  # type: ignore[abstract]
             scheduler_pb2_grpc.SchedulerServiceStub(self.scheduler_channel),

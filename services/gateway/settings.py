@@ -24,6 +24,12 @@ class GatewaySettings:
     free_burst: float = env("SANDMESH_FREE_BURST", 10.0, "free tier: burst of submissions")
     pro_rate_per_s: float = env("SANDMESH_PRO_RATE_PER_S", 50.0, "pro tier: submissions/s")
     pro_burst: float = env("SANDMESH_PRO_BURST", 100.0, "pro tier: burst of submissions")
+    breaker_cooldown_s: float = env(
+        "SANDMESH_BREAKER_COOLDOWN_S", 5.0, "how long an open breaker refuses before a trial"
+    )
+    max_request_bytes: int = env(
+        "SANDMESH_MAX_REQUEST_BYTES", 768 * 1024, "source + files + stdin of one execution"
+    )
     nats_url: str = env("NATS_URL", "nats://127.0.0.1:4222", "NATS with JetStream (events)")
     max_source_bytes: int = env("SANDMESH_MAX_SOURCE_BYTES", 256 * 1024, "largest source")
     queue_ttl_s: float = env(

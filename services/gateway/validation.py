@@ -11,7 +11,10 @@ MAX_KEY_LENGTH = 200
 
 
 def execution_request(
-    request: execution_pb2.ExecutionRequest, prefix: str, max_source_bytes: int
+    request: execution_pb2.ExecutionRequest,
+    prefix: str,
+    max_source_bytes: int,
+    max_request_bytes: int,
 ) -> Violations:
     """Problems with an ExecutionRequest found at `prefix` in the call's message."""
     problems: Violations = []
@@ -31,4 +34,13 @@ def execution_request(
             problems.append(
                 (f"{prefix}.files[{index}].name", f"must be a plain file name, got {extra.name!r}")
             )
+    total = source_bytes + len(request.stdin) + sum(len(f.content) for f in request.files)
+    if total > max_request_bytes:
+        problems.append(
+            (
+                prefix,
+                f"source, stdin and files together must be at most {max_request_bytes} bytes,"
+                f" got {total}",
+            )
+        )
     return problems

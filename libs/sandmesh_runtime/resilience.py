@@ -1,0 +1,66 @@
+"""A circuit breaker per downstream: stop calling a dependency that keeps failing."""
+
+from __future__ import annotations
+
+import logging
+import time
+from enum import StrEnum
+
+log = logging.getLogger("sandmesh.resilience")
+
+
+class BreakerState(StrEnum):
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+class CircuitBreaker:
+    """Opens after `failures` consecutive failures; after `cooldown_s` lets one trial call
+    through (half-open), which closes it on success or opens it again on failure."""
+
+    def __init__(self, name: str, failures: int = 5, cooldown_s: float = 5.0) -> None:
+        self.name = name
+        self._threshold = failures
+        self._cooldown_s = cooldown_s
+        self._failures = 0
+        self._opened_at = 0.0
+        self._trial_running = False
+        self.state = BreakerState.CLOSED
+
+    def retry_after(self) -> float:
+        """Seconds until a call may be tried again; 0 when one may go now."""
+        if self.state is BreakerState.CLOSED:
+            return 0.0
+        left = self._opened_at + self._cooldown_s - time.monotonic()
+        if left > 0 or self._trial_running:
+            return max(left, 0.1)
+        return 0.0
+
+    def allow(self) -> bool:
+        """Whether a call may go now; in half-open state only one trial at a time."""
+        if self.retry_after() > 0:
+            return False
+        if self.state is BreakerState.OPEN:
+            self._set(BreakerState.HALF_OPEN)
+        if self.state is BreakerState.HALF_OPEN:
+            self._trial_running = True
+        return True
+
+    def succeeded(self) -> None:
+        self._failures = 0
+        self._trial_running = False
+        if self.state is not BreakerState.CLOSED:
+            self._set(BreakerState.CLOSED)
+
+    def failed(self) -> None:
+        self._failures += 1
+        self._trial_running = False
+        if self.state is BreakerState.HALF_OPEN or self._failures >= self._threshold:
+            self._opened_at = time.monotonic()
+            if self.state is not BreakerState.OPEN:
+                self._set(BreakerState.OPEN)
+
+    def _set(self, state: BreakerState) -> None:
+        log.warning("circuit breaker %s", state.value, extra={"downstream": self.name})
+        self.state = state
