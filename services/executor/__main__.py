@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 
-# The sandbox forks with a preexec step while gRPC's threads run; gRPC's own fork handlers
-# then abort one child in a few dozen under load. They must be off before grpc is imported.
+# gRPC's fork handlers restart its threads in a fork()ed child, which can abort it before it
+# execs. The sandbox spawns through vfork (no preexec_fn, see sandbox/runner.py), which runs
+# no handlers; turning them off, before grpc is imported, covers any other fork as well.
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
 
 from sandmesh_runtime import bootstrap, settings

@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import tomllib
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from sandmesh.execution.v1 import execution_pb2
 
 REGISTRY_FILE = Path(__file__).with_name("languages.toml")
-LIMIT_FIELDS = tuple(field.name for field in execution_pb2.Limits.DESCRIPTOR.fields)
+LIMIT_FIELDS = tuple(f.name for f in execution_pb2.Limits.DESCRIPTOR.fields)
 
 log = logging.getLogger("sandmesh.executor")
 
@@ -26,24 +28,66 @@ class LanguageSpec:
     template: str
     default_limits: execution_pb2.Limits
     max_limits: execution_pb2.Limits
+    compile_limits: execution_pb2.Limits
+    compile: tuple[str, ...] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+    ro_binds: tuple[str, ...] = ()
+
+    @property
+    def compiled(self) -> bool:
+        return bool(self.compile)
+
+
+def _limits(
+    base: Mapping[str, int], override: Mapping[str, int], where: str
+) -> execution_pb2.Limits:
+    unknown = set(override) - set(LIMIT_FIELDS)
+    if unknown:
+        raise ValueError(f"{where}: unknown limit fields {sorted(unknown)}")
+    merged = {**base, **override}
+    missing = [name for name in LIMIT_FIELDS if not merged.get(name)]
+    if missing:
+        raise ValueError(f"{where}: limits must be positive: {missing}")
+    return execution_pb2.Limits(**merged)
+
+
+def _spec(language_id: str, entry: dict[str, Any], limits: dict[str, Any]) -> LanguageSpec:
+    where = f"languages.{language_id}"
+    spec = LanguageSpec(
+        id=language_id,
+        name=entry["name"],
+        file_name=entry["file_name"],
+        run=tuple(entry["run"]),
+        version_command=tuple(entry["version"]),
+        template=entry["template"],
+        default_limits=_limits(limits["default"], entry.get("default_limits", {}), where),
+        max_limits=_limits(limits["max"], entry.get("max_limits", {}), where),
+        compile_limits=_limits(limits["compile"], entry.get("compile_limits", {}), where),
+        compile=tuple(entry.get("compile", ())),
+        env=dict(entry.get("env", {})),
+        ro_binds=tuple(entry.get("ro_binds", ())),
+    )
+    over = [
+        f for f in LIMIT_FIELDS if getattr(spec.default_limits, f) > getattr(spec.max_limits, f)
+    ]
+    if over:
+        raise ValueError(f"{where}: defaults above the hard bounds: {over}")
+    return spec
 
 
 def load(path: Path = REGISTRY_FILE) -> dict[str, LanguageSpec]:
-    """Every language described in `path`."""
+    """Every language described in `path`; a malformed entry fails start-up, naming it."""
     data = tomllib.loads(path.read_text())
     return {
-        language_id: LanguageSpec(
-            id=language_id,
-            name=entry["name"],
-            file_name=entry["file_name"],
-            run=tuple(entry["run"]),
-            version_command=tuple(entry["version"]),
-            template=entry["template"],
-            default_limits=execution_pb2.Limits(**entry["default_limits"]),
-            max_limits=execution_pb2.Limits(**entry["max_limits"]),
-        )
-        for language_id, entry in data.items()
+        language_id: _spec(language_id, entry, data["limits"])
+        for language_id, entry in data["languages"].items()
     }
+
+
+def command(template: Sequence[str], limits: execution_pb2.Limits) -> list[str]:
+    """A registry command with `{limit_name}` placeholders filled from the run's limits."""
+    values = {name: getattr(limits, name) for name in LIMIT_FIELDS}
+    return [arg.format_map(values) for arg in template]
 
 
 async def detect_version(spec: LanguageSpec) -> str:
@@ -51,12 +95,16 @@ async def detect_version(spec: LanguageSpec) -> str:
     try:
         process = await asyncio.create_subprocess_exec(
             *spec.version_command,
+            stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
         )
         output, _ = await asyncio.wait_for(process.communicate(), 10)
     except (OSError, TimeoutError) as exc:
         log.warning("toolchain missing", extra={"language": spec.id, "error": str(exc)})
+        return ""
+    if process.returncode != 0:
+        log.warning("toolchain broken", extra={"language": spec.id})
         return ""
     return output.decode(errors="replace").strip().splitlines()[0] if output else ""
 
@@ -67,14 +115,14 @@ def resolve_limits(
     """Fill unset limits from the language's defaults; report any above its hard bounds."""
     effective = execution_pb2.Limits()
     violations = []
-    for field in LIMIT_FIELDS:
-        value = getattr(requested, field) or getattr(spec.default_limits, field)
-        bound = getattr(spec.max_limits, field)
+    for name in LIMIT_FIELDS:
+        value = getattr(requested, name) or getattr(spec.default_limits, name)
+        bound = getattr(spec.max_limits, name)
         if value > bound:
             violations.append(
-                (f"limits.{field}", f"must be at most {bound} for {spec.id}, got {value}")
+                (f"limits.{name}", f"must be at most {bound} for {spec.id}, got {value}")
             )
-        setattr(effective, field, value)
+        setattr(effective, name, value)
     return effective, violations
 
 
@@ -84,7 +132,7 @@ def to_proto(spec: LanguageSpec, version: str) -> execution_pb2.Language:
         name=spec.name,
         version=version,
         file_name=spec.file_name,
-        compiled=False,
+        compiled=spec.compiled,
         default_limits=spec.default_limits,
         max_limits=spec.max_limits,
         template=spec.template,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, TypeAlias
 
 import grpc
@@ -9,7 +10,7 @@ import grpc
 from sandmesh.executor.v1 import executor_pb2, executor_pb2_grpc
 from sandmesh_runtime import errors
 from services.executor.languages import LanguageSpec, to_proto
-from services.executor.sandbox.runner import sandbox_layers
+from services.executor.selftest import Layer
 
 Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 
@@ -21,13 +22,15 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
         versions: dict[str, str],
         executor_id: str,
         capacity: int,
-        running: Any,
+        running: Callable[[], int],
+        layers: Callable[[], list[Layer]],
     ) -> None:
         self._registry = registry
         self._versions = versions
         self._executor_id = executor_id
         self._capacity = capacity
         self._running = running
+        self._layers = layers
 
     async def ListLanguages(
         self, request: executor_pb2.ListLanguagesRequest, context: Context
@@ -54,8 +57,8 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
         return executor_pb2.GetSandboxStatusResponse(
             executor_id=self._executor_id,
             layers=[
-                executor_pb2.SandboxLayer(name=name, active=active)
-                for name, active in sandbox_layers().items()
+                executor_pb2.SandboxLayer(name=layer.name, active=layer.active, detail=layer.detail)
+                for layer in self._layers()
             ],
             capacity=self._capacity,
             running=self._running(),

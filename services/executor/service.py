@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 from collections.abc import Sequence
@@ -13,25 +14,17 @@ from sandmesh.executor.v1 import executor_pb2, executor_pb2_grpc
 from sandmesh_queue.connection import Queue
 from sandmesh_runtime.health import Check
 from sandmesh_runtime.tasks import TaskGroup
-from services.executor import languages
-from services.executor.sandbox.limits import SandboxLimits
-from services.executor.sandbox.runner import Verdict, run_in_sandbox
+from services.executor import languages, selftest
+from services.executor.cancels import Cancellations
 from services.executor.server import ExecutorServicer
 from services.executor.settings import ExecutorSettings
+from services.executor.warm import WarmPools
 from services.executor.worker import Worker
 
 # Jobs running at SIGTERM get this long to finish; the rest are handed back to the queue.
 DRAIN_WAIT_S = 20.0
 
-SELF_TEST_LIMITS = SandboxLimits(
-    wall_time_s=10,
-    cpu_time_s=5,
-    memory_bytes=256 << 20,
-    max_processes=16,
-    output_bytes=4096,
-    file_size_bytes=4096,
-    tmp_bytes=1 << 20,
-)
+log = logging.getLogger("sandmesh.executor")
 
 
 class Executor:
@@ -43,11 +36,16 @@ class Executor:
         self.registry = languages.load()
         self.versions: dict[str, str] = {}
         self.queue = Queue(settings.nats_url, f"sandmesh-executor-{self.executor_id}")
+        self.cancels = Cancellations()
+        self.pools = WarmPools(self.registry, settings.warm_pool_size)
         self.workers = [
-            Worker(self.queue, self.registry, self.executor_id)
+            Worker(self.queue, self.registry, self.executor_id, self.cancels, self.pools)
             for _ in range(max(1, settings.concurrency))
         ]
         self.tasks = TaskGroup()
+        # The cancel listener never ends by itself, so it must not hold up the workers' drain.
+        self.listeners = TaskGroup()
+        self.layers: list[selftest.Layer] = []
         self._self_test: str | None = "sandbox self-test has not run yet"
 
     def register(self, server: grpc.aio.Server) -> Sequence[str]:
@@ -58,10 +56,20 @@ class Executor:
                 self.executor_id,
                 len(self.workers),
                 lambda: sum(w.running for w in self.workers),
+                self._layers,
             ),
             server,
         )
         return [executor_pb2.DESCRIPTOR.services_by_name["ExecutorService"].full_name]
+
+    def _layers(self) -> list[selftest.Layer]:
+        idle = self.pools.idle()
+        pool = selftest.Layer(
+            "warm_pool",
+            bool(idle),
+            f"idle {idle}; served warm {self.pools.served_warm}, cold {self.pools.served_cold}",
+        )
+        return [*self.layers, pool]
 
     def checks(self) -> Sequence[Check]:
         return [Check("nats", self.queue.ping), Check("sandbox", self._sandbox_ok)]
@@ -70,23 +78,22 @@ class Executor:
         if self._self_test is not None:
             raise RuntimeError(self._self_test)
 
-    async def _run_self_test(self) -> None:
-        """Run a real program in the sandbox once: readiness waits for it to pass."""
-        spec = self.registry["python3"]
-        outcome = await run_in_sandbox(
-            spec.run, {spec.file_name: b"print('ok')\n"}, b"", SELF_TEST_LIMITS
-        )
-        if outcome.verdict is Verdict.COMPLETED and outcome.stdout == b"ok\n":
-            self._self_test = None
-        else:
-            self._self_test = f"sandbox self-test failed: {outcome.verdict.value} {outcome.detail}"
-
     async def start(self) -> None:
         versions = await asyncio.gather(
             *(languages.detect_version(s) for s in self.registry.values())
         )
         self.versions.update(zip(self.registry, versions, strict=True))
-        await self._run_self_test()
+        # Readiness waits for the self-test: it runs a real program and checks every layer.
+        self.layers, self._self_test = await selftest.run()
+        log.info(
+            "sandbox self-test",
+            extra={
+                "passed": self._self_test is None,
+                "layers": {layer.name: layer.active for layer in self.layers},
+            },
+        )
+        self.pools.start()
+        self.listeners.supervise("cancel-listener", lambda: self.cancels.listen(self.queue))
         for index, worker in enumerate(self.workers):
             self.tasks.supervise(f"worker-{index}", worker.run, forever=False)
 
@@ -95,4 +102,6 @@ class Executor:
             worker.drain()
         busy = any(worker.running for worker in self.workers)
         await self.tasks.stop(grace=DRAIN_WAIT_S if busy else 0.0)
+        await self.listeners.stop()
+        await self.pools.stop()
         await self.queue.close()

@@ -16,3 +16,6 @@ class ExecutorSettings:
         "SANDMESH_EXECUTOR_CONCURRENCY", os.cpu_count() or 1, "runs at a time; jobs pulled at most"
     )
     executor_id: str = env("SANDMESH_EXECUTOR_ID", "", "name in results; default host-pid")
+    warm_pool_size: int = env(
+        "SANDMESH_WARM_POOL_SIZE", 1, "pre-started sandboxes per interpreted language; 0 disables"
+    )

@@ -13,6 +13,7 @@ _STATUS = {
     Verdict.MEMORY_LIMIT: execution_pb2.EXECUTION_STATUS_MEMORY_LIMIT,
     Verdict.OUTPUT_LIMIT: execution_pb2.EXECUTION_STATUS_OUTPUT_LIMIT,
     Verdict.SYSTEM_ERROR: execution_pb2.EXECUTION_STATUS_SYSTEM_ERROR,
+    Verdict.CANCELLED: execution_pb2.EXECUTION_STATUS_CANCELLED,
 }
 
 # Stable error codes clients can match on (E001 compile, E002 runtime, E003 memory,
@@ -24,7 +25,10 @@ _ERROR_CODE = {
     Verdict.MEMORY_LIMIT: "E003",
     Verdict.OUTPUT_LIMIT: "E002",
     Verdict.SYSTEM_ERROR: "E005",
+    Verdict.CANCELLED: "",
 }
+COMPILE_ERROR = "E001"
+UNSAFE = "E006"
 
 
 def sandbox_limits(limits: execution_pb2.Limits) -> SandboxLimits:
@@ -63,8 +67,29 @@ def to_result(outcome: RunOutcome) -> execution_pb2.ExecutionResult:
     return result
 
 
+def compile_failed(outcome: RunOutcome, detail: str | None = None) -> execution_pb2.ExecutionResult:
+    """COMPILATION_ERROR with the compiler's own output; our own failures stay SYSTEM_ERROR.
+
+    A compile step that breaks its limits (a compile-time bomb) is the program's fault too:
+    the detail names the limit.
+    """
+    result = to_result(outcome)
+    if outcome.verdict in (Verdict.SYSTEM_ERROR, Verdict.CANCELLED):
+        return result
+    result.status = execution_pb2.EXECUTION_STATUS_COMPILATION_ERROR
+    result.error_code = COMPILE_ERROR
+    if detail is not None:
+        result.detail = detail
+    elif outcome.verdict is Verdict.FAILED and outcome.signal_name is None:
+        message = (outcome.stderr or outcome.stdout).decode("utf-8", "replace").strip()
+        result.detail = "compilation failed: " + (message.splitlines() or [outcome.detail])[0]
+    else:
+        result.detail = f"compilation stopped: {outcome.detail}"
+    return result
+
+
 def refused(
-    status: execution_pb2.ExecutionStatus.ValueType, detail: str
+    status: execution_pb2.ExecutionStatus.ValueType, detail: str, error_code: str = ""
 ) -> execution_pb2.ExecutionResult:
     """A result for a job that was not run at all."""
-    return execution_pb2.ExecutionResult(status=status, detail=detail)
+    return execution_pb2.ExecutionResult(status=status, detail=detail, error_code=error_code)

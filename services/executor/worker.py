@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator
 
 import nats.errors
+import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
@@ -18,15 +19,18 @@ from sandmesh_queue import messages, subjects
 from sandmesh_queue.connection import Queue
 from sandmesh_queue.streams import JOB_ACK_WAIT_S
 from sandmesh_runtime.logs import execution_id_var
-from services.executor import languages, verdicts
+from services.executor import languages, pipeline, verdicts
+from services.executor.cancels import Cancellations
 from services.executor.languages import LanguageSpec
-from services.executor.sandbox.runner import run_in_sandbox
+from services.executor.warm import WarmPools
 
 log = logging.getLogger("sandmesh.executor")
 
 # in_progress() well inside ack_wait, so a live run is never redelivered to another executor.
 HEARTBEAT_S = JOB_ACK_WAIT_S / 3
 FETCH_WAIT_S = 5.0
+# How long a finished run's result is retried through a NATS outage before giving up.
+RESULT_RETRY_S = 120.0
 
 _STREAMS = {
     "stdout": execution_pb2.OUTPUT_STREAM_STDOUT,
@@ -39,7 +43,11 @@ async def _heartbeat(msg: Msg) -> AsyncIterator[None]:
     async def beat() -> None:
         while True:
             await asyncio.sleep(HEARTBEAT_S)
-            await msg.in_progress()
+            try:
+                await msg.in_progress()
+            except Exception as exc:
+                # A NATS blip must not end the run; the next beat tries again.
+                log.warning("heartbeat failed", extra={"error": str(exc)})
 
     task = asyncio.create_task(beat())
     try:
@@ -53,10 +61,19 @@ async def _heartbeat(msg: Msg) -> AsyncIterator[None]:
 class Worker:
     """Runs jobs one at a time; the executor starts as many workers as it has slots."""
 
-    def __init__(self, queue: Queue, registry: dict[str, LanguageSpec], executor_id: str) -> None:
+    def __init__(
+        self,
+        queue: Queue,
+        registry: dict[str, LanguageSpec],
+        executor_id: str,
+        cancels: Cancellations,
+        pools: WarmPools,
+    ) -> None:
         self._queue = queue
         self._registry = registry
         self._executor_id = executor_id
+        self._cancels = cancels
+        self._pools = pools
         self.running = 0
         self._draining = asyncio.Event()
 
@@ -84,13 +101,17 @@ class Worker:
         attempt = msg.metadata.num_delivered or 1
         token = execution_id_var.set(job.execution_id)
         try:
+            if attempt > 1 and await self._already_finished(js, job.execution_id):
+                await msg.ack_sync()
+                log.info("job skipped: its execution is already closed", extra={"attempt": attempt})
+                return
             try:
-                result = await self._execute(js, job, attempt, msg)
+                result, warm = await self._execute(js, job, attempt, msg)
             except asyncio.CancelledError:
                 # Stopped mid-run: hand the job back now rather than after ack_wait.
                 await asyncio.shield(msg.nak())
                 raise
-            await messages.publish_result(
+            await self._report(
                 js,
                 execution_pb2.JobResult(
                     execution_id=job.execution_id,
@@ -100,55 +121,98 @@ class Worker:
                 ),
             )
             # Ack only once the result is stored by JetStream: a crash before this redelivers.
-            await msg.ack()
+            # Confirmed (ack_sync) before this worker pulls again, so jobs pulled and not yet
+            # acked never outnumber the workers.
+            await msg.ack_sync()
             log.info(
                 "job done",
-                extra={"status": execution_pb2.ExecutionStatus.Name(result.status)},
+                extra={
+                    "status": execution_pb2.ExecutionStatus.Name(result.status),
+                    "warm": warm,
+                    "wall_time_ms": result.usage.wall_time_ms,
+                },
             )
         finally:
             execution_id_var.reset(token)
 
+    async def _report(self, js: JetStreamContext, result: execution_pb2.JobResult) -> None:
+        """Publish the result, retrying through a NATS outage: a run is never thrown away
+        for want of a connection (running it again would run it twice)."""
+        delay = 0.2
+        deadline = time.monotonic() + RESULT_RETRY_S
+        while True:
+            try:
+                await messages.publish_result(js, result)
+                return
+            except Exception as exc:
+                if time.monotonic() > deadline:
+                    raise
+                log.warning("result publish failed; retrying", extra={"error": str(exc)})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    async def _already_finished(self, js: JetStreamContext, execution_id: str) -> bool:
+        """Whether the scheduler already closed this execution: a redelivery whose first
+        run finished but whose ack was lost, or a job closed while it waited."""
+        try:
+            await js.get_msg(
+                subjects.EVENTS_STREAM, subject=subjects.event_subject(execution_id, "result")
+            )
+        except nats.js.errors.NotFoundError:
+            return False
+        return True
+
+    async def _publish_quietly(
+        self, js: JetStreamContext, event: execution_pb2.ExecutionEvent
+    ) -> None:
+        """Events are for watchers; the result carries everything, so a lost one is logged,
+        and the run goes on."""
+        try:
+            await messages.publish_event(js, event)
+        except Exception as exc:
+            log.warning("event lost", extra={"error": str(exc), "kind": event.WhichOneof("kind")})
+
     async def _execute(
         self, js: JetStreamContext, job: execution_pb2.Job, attempt: int, msg: Msg
-    ) -> execution_pb2.ExecutionResult:
+    ) -> tuple[execution_pb2.ExecutionResult, bool]:
+        """The job's result, and whether a warm sandbox ran it."""
+        if self._cancels.cancelled(job.execution_id):
+            return verdicts.refused(
+                execution_pb2.EXECUTION_STATUS_CANCELLED, "cancelled before it started"
+            ), False
         time_left = job.deadline.ToMilliseconds() / 1000 - time.time()
         if job.HasField("deadline") and time_left <= 0:
             return verdicts.refused(
                 execution_pb2.EXECUTION_STATUS_EXPIRED, "the deadline passed while queued"
-            )
+            ), False
         spec = self._registry.get(job.request.language)
         if spec is None:
             return verdicts.refused(
                 execution_pb2.EXECUTION_STATUS_REJECTED,
                 f"unknown language {job.request.language!r}",
-            )
+            ), False
         limits, violations = languages.resolve_limits(spec, job.request.limits)
         if violations:
             return verdicts.refused(
                 execution_pb2.EXECUTION_STATUS_REJECTED,
                 "; ".join(f"{field} {why}" for field, why in violations),
-            )
+            ), False
         unsafe = [f.name for f in job.request.files if not is_plain_file_name(f.name)]
         if unsafe:
             return verdicts.refused(
-                execution_pb2.EXECUTION_STATUS_REJECTED, f"unsafe file names: {unsafe!r}"
-            )
-        if job.HasField("deadline"):
-            # Nothing runs past the caller's deadline: the wall limit shrinks to the time left.
-            limits.wall_time_ms = max(1, min(limits.wall_time_ms, int(time_left * 1000)))
-
-        await messages.publish_event(
-            js,
-            execution_pb2.ExecutionEvent(
-                execution_id=job.execution_id,
-                status=execution_pb2.StatusChange(
-                    status=execution_pb2.EXECUTION_STATUS_RUNNING, attempt=attempt
-                ),
-            ),
-        )
+                execution_pb2.EXECUTION_STATUS_REJECTED,
+                f"files: unsafe names {unsafe!r}",
+                verdicts.UNSAFE,
+            ), False
+        too_big = pipeline.check_files(spec, job.request, limits)
+        if too_big is not None:
+            return verdicts.refused(
+                execution_pb2.EXECUTION_STATUS_REJECTED, too_big, verdicts.UNSAFE
+            ), False
+        deadline = job.deadline.ToMilliseconds() / 1000 if job.HasField("deadline") else None
 
         async def forward(stream: str, chunk: bytes) -> None:
-            await messages.publish_event(
+            await self._publish_quietly(
                 js,
                 execution_pb2.ExecutionEvent(
                     execution_id=job.execution_id,
@@ -156,18 +220,25 @@ class Worker:
                 ),
             )
 
-        files = {spec.file_name: job.request.source.encode()}
-        files.update({f.name: f.content for f in job.request.files})
+        # Registered before RUNNING is published, so a cancel arriving from then on is heard.
+        cancel = self._cancels.start(job.execution_id)
         self.running += 1
         try:
+            await self._publish_quietly(
+                js,
+                execution_pb2.ExecutionEvent(
+                    execution_id=job.execution_id,
+                    status=execution_pb2.StatusChange(
+                        status=execution_pb2.EXECUTION_STATUS_RUNNING,
+                        attempt=attempt,
+                        executor_id=self._executor_id,
+                    ),
+                ),
+            )
             async with _heartbeat(msg):
-                outcome = await run_in_sandbox(
-                    [*spec.run, *job.request.args],
-                    files,
-                    job.request.stdin,
-                    verdicts.sandbox_limits(limits),
-                    on_output=forward,
+                return await pipeline.execute(
+                    spec, job.request, limits, forward, cancel, self._pools, deadline
                 )
         finally:
             self.running -= 1
-        return verdicts.to_result(outcome)
+            self._cancels.finish(job.execution_id)

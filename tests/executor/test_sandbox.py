@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import socket
 import time
 import uuid
@@ -25,11 +24,6 @@ from services.executor.sandbox.runner import (
 
 # The system interpreter, not the virtualenv's: only /usr is visible inside.
 PYTHON = "/usr/bin/python3"
-
-pytestmark = pytest.mark.skipif(
-    shutil.which("bwrap") is None or not os.path.exists(PYTHON),
-    reason="needs bubblewrap and /usr/bin/python3",
-)
 
 LIMITS = SandboxLimits(
     wall_time_s=5,
@@ -134,12 +128,15 @@ async def test_killed_by_signal() -> None:
 
 
 async def test_cpu_limit() -> None:
-    limits = replace(LIMITS, cpu_time_s=1, wall_time_s=2)
+    # Wall room for a loaded machine, where 1 s of CPU can take longer than 2 s to get.
+    limits = replace(LIMITS, cpu_time_s=1, wall_time_s=6)
     out = await run_py("while True: pass", limits)
     assert out.verdict is Verdict.TIMEOUT, out
     assert "cpu" in out.detail
-    assert out.wall_time_ms < 2000 + 500
-    assert out.cpu_time_ms >= 900
+    assert out.wall_time_ms < 6000
+    # RLIMIT_CPU is checked against tick-sampled time, which can run ahead of the cgroup's
+    # exact count on a busy machine: SIGXCPU may come a little before 1 s by the cgroup.
+    assert out.cpu_time_ms >= 700
 
 
 async def test_wall_limit() -> None:

@@ -94,7 +94,12 @@ class StagedFiles:
     passed to the bwrap process (``pass_fds``).  Close after bwrap started.
     """
 
-    def __init__(self, files: Mapping[str, bytes], limits: SandboxLimits) -> None:
+    def __init__(
+        self,
+        files: Mapping[str, bytes],
+        limits: SandboxLimits,
+        executable: frozenset[str] = frozenset(),
+    ) -> None:
         if len(files) > MAX_FILES:
             raise ValueError(f"too many files: {len(files)} > {MAX_FILES}")
         paths: dict[PurePosixPath, bytes] = {}
@@ -103,7 +108,9 @@ class StagedFiles:
             rel = validate_file_name(name)
             if not isinstance(data, (bytes, bytearray, memoryview)):
                 raise ValueError(f"content of {name!r} must be bytes")
-            if len(data) > limits.file_size_bytes:
+            # Build outputs (the executable ones) are ours, not the request's: only the
+            # tmpfs total bounds them.
+            if len(data) > limits.file_size_bytes and name not in executable:
                 raise ValueError(f"{name!r} is larger than the file size limit")
             if rel in paths:
                 raise ValueError(f"duplicate file name {name!r}")
@@ -118,6 +125,7 @@ class StagedFiles:
         if clash:
             raise ValueError(f"{sorted(map(str, clash))[0]!r} is both a file and a directory")
 
+        self.largest = max((len(data) for data in paths.values()), default=0)
         self.fds: list[int] = []
         self.args: list[str] = []
         try:
@@ -131,7 +139,8 @@ class StagedFiles:
             for rel, data in sorted(paths.items(), key=lambda item: str(item[0])):
                 fd = _memfd_with("src", data)
                 self.fds.append(fd)
-                self.args += ["--perms", "0644", "--file", str(fd), f"{WORK_DIR}/{rel}"]
+                perms = "0755" if str(rel) in executable else "0644"
+                self.args += ["--perms", perms, "--file", str(fd), f"{WORK_DIR}/{rel}"]
         except BaseException:
             self.close()
             raise
@@ -153,14 +162,14 @@ class StagedFiles:
         self.close()
 
 
-def _system_mounts() -> list[str]:
+def _system_mounts(ro_binds: Sequence[str]) -> list[str]:
     args: list[str] = []
     for path in _SYSTEM_DIRS:
         if os.path.islink(path):
             args += ["--symlink", os.readlink(path), path]
         elif os.path.isdir(path):
             args += ["--ro-bind", path, path]
-    for path in _ETC_PATHS:
+    for path in (*_ETC_PATHS, *ro_binds):
         args += ["--ro-bind-try", path, path]
     return args
 
@@ -171,12 +180,17 @@ def build_bwrap_argv(
     limits: SandboxLimits,
     staged: StagedFiles,
     status_fd: int,
+    env: Mapping[str, str] | None = None,
+    ro_binds: Sequence[str] = (),
+    seccomp_fd: int | None = None,
 ) -> list[str]:
     """Full argv running ``command`` inside a fresh sandbox.
 
     ``status_fd`` receives bwrap's JSON status; its ``exit-code`` record is
     only written once the command was exec'd, which is how setup failures are
-    told apart from the program's own exit codes.
+    told apart from the program's own exit codes.  ``env`` adds to the
+    sandbox's clean environment, ``ro_binds`` are extra host paths shown
+    read-only (a language's configuration), ``seccomp_fd`` holds a BPF filter.
     """
     if not command:
         raise ValueError("empty command")
@@ -198,10 +212,10 @@ def build_bwrap_argv(
         SANDBOX_HOSTNAME,
         "--clearenv",
     ]
-    for key, value in SANDBOX_ENV.items():
+    for key, value in {**SANDBOX_ENV, **(env or {})}.items():
         argv += ["--setenv", key, value]
     argv += ["--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_GID)]
-    argv += _system_mounts()
+    argv += _system_mounts(ro_binds)
     argv += [
         "--proc",
         "/proc",
@@ -233,7 +247,8 @@ def build_bwrap_argv(
         WORK_DIR,
         "--json-status-fd",
         str(status_fd),
-        "--",
-        *command,
     ]
+    if seccomp_fd is not None:
+        argv += ["--seccomp", str(seccomp_fd)]
+    argv += ["--", *command]
     return argv

@@ -108,12 +108,14 @@ def _host_dir(mount: _Mount, cg_path: str) -> Path | None:
 
 
 def _read(path: Path) -> str:
-    with open(path, encoding="ascii") as fh:
+    # Host-side file work never follows a symlink.
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    with open(fd, encoding="ascii") as fh:
         return fh.read()
 
 
 def _write(path: Path, value: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     try:
         os.write(fd, value.encode("ascii"))
     finally:
@@ -211,6 +213,18 @@ class RunCgroup:
     def procs_files(self) -> list[str]:
         """``cgroup.procs`` files a process writes "0" to in order to join."""
         return [str(d / "cgroup.procs") for d in self._dirs]
+
+    def lower_limits(self, memory_bytes: int, max_tasks: int) -> None:
+        """Tighten the limits of a cgroup made with larger ones (a warm sandbox's)."""
+        if self.version == 2:
+            if self._memory_dir is not None:
+                _write(self._memory_dir / "memory.max", str(memory_bytes))
+            if self._pids_dir is not None:
+                _write(self._pids_dir / "pids.max", str(max_tasks))
+            return
+        for ctrl, d in (("memory", self._memory_dir), ("pids", self._pids_dir)):
+            if d is not None:
+                _configure_v1(ctrl, d, memory_bytes, max_tasks)
 
     def cpu_time_ns(self) -> int | None:
         if self._cpu_dir is None:

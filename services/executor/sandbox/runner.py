@@ -10,7 +10,12 @@ Layers, outermost first:
   RLIMIT_NPROC counts only this run's tasks;
 * a per-run cgroup (see ``cgroups``): memory limit with reliable OOM
   detection, task limit, CPU accounting and kill-all;
-* rlimits set in the child before bwrap is exec'd.
+* rlimits set before bwrap is exec'd (``prlimit``, then ``setpriv`` for the uid);
+* a seccomp filter (see ``seccomp``) loaded by bwrap right before the program;
+* when the run ends, everything left in its cgroup (or with its uid) is killed.
+
+A cancel event, and a build mode that hands /work back as a tar archive
+through an inherited pipe, are the two hooks the executor's pipeline uses.
 
 CPU time and peak memory come from the cgroup.  Without one they are sampled
 from /proc over bwrap's process tree (densely at first, then every 100 ms),
@@ -33,10 +38,11 @@ import signal
 import subprocess
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
+from typing import Any
 
-from services.executor.sandbox import bwrap, cgroups
+from services.executor.sandbox import bwrap, cgroups, seccomp
 from services.executor.sandbox.limits import SandboxLimits
 
 logger = logging.getLogger(__name__)
@@ -46,7 +52,7 @@ OutputSink = Callable[[str, bytes], Awaitable[None]]
 _CHUNK = 64 * 1024
 _NOFILE = 256
 # The outer bwrap and the sandbox's pid 1 (bwrap's reaper) are tasks too.
-_BWRAP_TASKS = 2
+BWRAP_TASKS = 2
 # How long readers may take to see EOF once the sandbox is gone.
 _DRAIN_GRACE_S = 2.0
 _MONITOR_INTERVAL_S = 0.05
@@ -69,6 +75,28 @@ class Verdict(StrEnum):
     MEMORY_LIMIT = "MEMORY_LIMIT"
     OUTPUT_LIMIT = "OUTPUT_LIMIT"
     SYSTEM_ERROR = "SYSTEM_ERROR"
+    CANCELLED = "CANCELLED"
+
+
+@dataclass(frozen=True)
+class SandboxOptions:
+    """How the sandbox around one command looks, beyond its limits.
+
+    env: added to the clean environment.
+    ro_binds: extra host paths shown read-only (a toolchain's configuration).
+    executable: program files staged with the executable bit.
+    export_work: when the command exits 0, /work is archived (tar) through an
+        inherited pipe and returned in ``RunOutcome.exported``: how a build's
+        output reaches the next sandbox without touching the host's disk.
+    """
+
+    env: Mapping[str, str] = field(default_factory=dict)
+    ro_binds: tuple[str, ...] = ()
+    executable: frozenset[str] = frozenset()
+    export_work: bool = False
+
+
+DEFAULT_OPTIONS = SandboxOptions()
 
 
 @dataclass
@@ -84,6 +112,7 @@ class RunOutcome:
     cpu_time_ms: int
     peak_memory_bytes: int
     detail: str  # human sentence, e.g. "wall time limit of 1.0 s exceeded"
+    exported: bytes | None = None  # tar of /work, with SandboxOptions.export_work
 
 
 def _seconds(value: float) -> str:
@@ -102,7 +131,8 @@ def _signal_name(signum: int) -> str:
         return f"SIG{signum}"
 
 
-def _early_outcome(verdict: Verdict, detail: str) -> RunOutcome:
+def early_outcome(verdict: Verdict, detail: str) -> RunOutcome:
+    """An outcome for a run that never started."""
     return RunOutcome(
         verdict=verdict,
         exit_code=None,
@@ -121,7 +151,20 @@ def _early_outcome(verdict: Verdict, detail: str) -> RunOutcome:
 # ------------------------------------------------------------ child set-up
 
 
-def _pick_run_uid() -> int | None:
+def rlimits_for(
+    limits: SandboxLimits, cg: cgroups.RunCgroup | None, run_uid: int | None
+) -> list[tuple[int, int, int]]:
+    """The rlimits a run with ``limits`` gets, as (resource, soft, hard)."""
+    return _rlimits(
+        limits,
+        memory_in_cgroup=cg is not None and cg.has_memory,
+        tasks_in_cgroup=cg is not None and cg.has_pids,
+        run_uid=run_uid,
+    )
+
+
+def pick_run_uid() -> int | None:
+    """A fresh unprivileged host uid for one sandbox (None unless we are root)."""
     if os.geteuid() != 0:
         return None
     while True:
@@ -149,12 +192,12 @@ def _rlimits(
     # RLIMIT_NPROC counts every task of the real uid (and never applies to
     # root), so it is exact only when the uid is private to the run.
     if run_uid is not None:
-        nproc = limits.max_processes + _BWRAP_TASKS
+        nproc = limits.max_processes + BWRAP_TASKS
         wanted.append((resource.RLIMIT_NPROC, nproc, nproc))
     elif not tasks_in_cgroup and os.getuid() != 0:
         # Shared uid, no pids cgroup: a fork-bomb backstop on top of what the
         # uid already runs; concurrent runs share the headroom.
-        nproc = _uid_task_count(os.getuid()) + limits.max_processes + _BWRAP_TASKS
+        nproc = _uid_task_count(os.getuid()) + limits.max_processes + BWRAP_TASKS
         wanted.append((resource.RLIMIT_NPROC, nproc, nproc))
     result: list[tuple[int, int, int]] = []
     for res, soft, hard in wanted:
@@ -166,28 +209,44 @@ def _rlimits(
     return result
 
 
-def _make_preexec(
+_RLIMIT_OPTIONS = {
+    resource.RLIMIT_CPU: "cpu",
+    resource.RLIMIT_FSIZE: "fsize",
+    resource.RLIMIT_NOFILE: "nofile",
+    resource.RLIMIT_CORE: "core",
+    resource.RLIMIT_AS: "as",
+    resource.RLIMIT_NPROC: "nproc",
+}
+# Joins each cgroup named before "--" (writing 0 moves the writer itself), then execs the rest.
+_JOIN_CGROUPS = 'while [ "$1" != -- ]; do echo 0 > "$1" || exit 125; shift; done; shift; exec "$@"'
+
+
+def _launch_prefix(
     procs_files: list[str], rlimits: list[tuple[int, int, int]], run_uid: int | None
-) -> Callable[[], None]:
-    encoded = [os.fsencode(p) for p in procs_files]
+) -> list[str]:
+    """Commands that prepare the process bwrap will become, each exec'ing the next.
 
-    def preexec() -> None:
-        # Joining here, before exec, leaves no window in which the sandbox
-        # runs outside its cgroup.
-        for path in encoded:
-            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-            try:
-                os.write(fd, b"0")
-            finally:
-                os.close(fd)
-        for res, soft, hard in rlimits:
-            resource.setrlimit(res, (soft, hard))
-        if run_uid is not None:
-            os.setgroups([])
-            os.setgid(run_uid)
-            os.setuid(run_uid)
-
-    return preexec
+    Not a ``preexec_fn``: that forces a real fork() of this multi-threaded process, and
+    gRPC's at-fork handlers then restart its poller threads in the child, which can
+    abort it.  Without one, the child is a vfork that only execs.  The order matters:
+    join the run's cgroup first (no window outside it), set the rlimits while still
+    root, then drop to the run's uid.
+    """
+    prefix: list[str] = []
+    if procs_files:
+        prefix += ["/bin/sh", "-c", _JOIN_CGROUPS, "sh", *procs_files, "--"]
+    prefix += ["/usr/bin/prlimit"]
+    prefix += [f"--{_RLIMIT_OPTIONS[res]}={soft}:{hard}" for res, soft, hard in rlimits]
+    prefix += ["--"]
+    if run_uid is not None:
+        prefix += [
+            "/usr/bin/setpriv",
+            f"--reuid={run_uid}",
+            f"--regid={run_uid}",
+            "--clear-groups",
+            "--",
+        ]
+    return prefix
 
 
 # ------------------------------------------------------- /proc fallbacks
@@ -306,8 +365,10 @@ class _Run:
         cg: cgroups.RunCgroup | None,
         run_uid: int | None,
         on_output: OutputSink | None,
+        cpu_baseline_ns: int = 0,
     ) -> None:
         self.proc = proc
+        self.cpu_baseline_ns = cpu_baseline_ns
         self.limits = limits
         self.cg = cg
         self.run_uid = run_uid
@@ -368,9 +429,12 @@ class _Run:
             await writer.wait_closed()
 
     def cpu_ns(self) -> int:
+        """CPU used since the program was handed over."""
         if self.cg is not None and self.cg.has_cpu:
-            return self.cg.cpu_time_ns() or 0
-        return self.sampler.cpu_ns if self.sampler is not None else 0
+            used = self.cg.cpu_time_ns() or 0
+        else:
+            used = self.sampler.cpu_ns if self.sampler is not None else 0
+        return max(0, used - self.cpu_baseline_ns)
 
     def sample_memory(self) -> None:
         if self.cg is not None and self.cg.has_memory:
@@ -432,6 +496,9 @@ async def run_in_sandbox(
     stdin: bytes,
     limits: SandboxLimits,
     on_output: OutputSink | None = None,
+    *,
+    options: SandboxOptions = DEFAULT_OPTIONS,
+    cancel: asyncio.Event | None = None,
 ) -> RunOutcome:
     """Run ``argv`` in a fresh sandbox with ``files`` in its /work directory.
 
@@ -439,105 +506,194 @@ async def run_in_sandbox(
     back as SYSTEM_ERROR, and files that break the limits (too large, too
     many, bad names) as FAILED without running anything.  Exceptions raised
     by ``on_output`` kill the run and are re-raised once it is cleaned up.
+    Setting ``cancel`` kills the run, which then ends CANCELLED.
     """
     bwrap_path = bwrap.find_bwrap()
     if bwrap_path is None:
-        return _early_outcome(Verdict.SYSTEM_ERROR, "bubblewrap (bwrap) is not installed")
+        return early_outcome(Verdict.SYSTEM_ERROR, "bubblewrap (bwrap) is not installed")
     if not argv:
-        return _early_outcome(Verdict.SYSTEM_ERROR, "empty command")
+        return early_outcome(Verdict.SYSTEM_ERROR, "empty command")
     try:
-        staged = bwrap.StagedFiles(files, limits)
+        staged = bwrap.StagedFiles(files, limits, options.executable)
     except ValueError as exc:
-        return _early_outcome(Verdict.FAILED, f"cannot prepare program files: {exc}")
+        return early_outcome(Verdict.FAILED, f"cannot prepare program files: {exc}")
     except OSError as exc:
-        return _early_outcome(Verdict.SYSTEM_ERROR, f"cannot stage program files: {exc}")
+        return early_outcome(Verdict.SYSTEM_ERROR, f"cannot stage program files: {exc}")
 
     with staged:
-        cg = cgroups.create_run_cgroup(limits.memory_bytes, limits.max_processes + _BWRAP_TASKS)
-        run_uid = _pick_run_uid()
+        cg = cgroups.create_run_cgroup(limits.memory_bytes, limits.max_processes + BWRAP_TASKS)
+        run_uid = pick_run_uid()
         try:
-            return await _run(bwrap_path, argv, staged, stdin, limits, on_output, cg, run_uid)
+            started = await start_sandbox(bwrap_path, argv, staged, limits, options, cg, run_uid)
+            if isinstance(started, RunOutcome):
+                return started
+            try:
+                return await supervise(started, stdin, limits, on_output, cancel)
+            finally:
+                started.close()
         finally:
-            task = asyncio.create_task(_cleanup(cg, run_uid))
-            _background.add(task)
-            task.add_done_callback(_background.discard)
-            await asyncio.shield(task)
+            await release(cg, run_uid)
 
 
-async def _run(
+async def release(cg: cgroups.RunCgroup | None, run_uid: int | None) -> None:
+    """Kill whatever is left of a sandbox and free its cgroup and uid, even if cancelled."""
+    task = asyncio.create_task(_cleanup(cg, run_uid))
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+    await asyncio.shield(task)
+
+
+@dataclass
+class Started:
+    """A sandbox whose bwrap is up; its command runs, or waits for its program."""
+
+    proc: asyncio.subprocess.Process
+    started: float
+    cg: cgroups.RunCgroup | None
+    run_uid: int | None
+    status_r: int
+    export_r: int | None
+
+    def close(self) -> None:
+        for fd in (self.status_r, self.export_r):
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self.export_r = None
+        self.status_r = -1
+
+
+def _export_command(argv: Sequence[str], fd: int) -> list[str]:
+    # bash, not sh: dash redirects only single-digit fds.
+    script = f'"$@" || exit; cd {bwrap.WORK_DIR} && exec /usr/bin/tar -cf - . >&{fd}'
+    return ["/bin/bash", "-c", script, "bash", *argv]
+
+
+async def start_sandbox(
     bwrap_path: str,
     argv: Sequence[str],
     staged: bwrap.StagedFiles,
-    stdin: bytes,
     limits: SandboxLimits,
-    on_output: OutputSink | None,
+    options: SandboxOptions,
     cg: cgroups.RunCgroup | None,
     run_uid: int | None,
-) -> RunOutcome:
+    pass_fds: tuple[int, ...] = (),
+) -> Started | RunOutcome:
+    """Start bwrap with ``argv`` inside; ``pass_fds`` are inherited by the command."""
     status_r, status_w = os.pipe()
+    export_r, export_w = os.pipe() if options.export_work else (None, None)
+    filter_fd = seccomp.filter_fd() if seccomp.supported() else None
+    to_close = [fd for fd in (status_w, export_w, filter_fd) if fd is not None]
     try:
-        command = bwrap.build_bwrap_argv(bwrap_path, argv, limits, staged, status_w)
-        preexec = _make_preexec(
+        command = list(argv) if export_w is None else _export_command(argv, export_w)
+        setup_limits = limits
+        if staged.largest > limits.file_size_bytes:
+            # bwrap writes the staged files under RLIMIT_FSIZE: a build output larger than
+            # the program's own file-size limit gets room for set-up, and the program's
+            # limit is applied right before it starts.
+            setup_limits = replace(limits, file_size_bytes=staged.largest)
+            fsize = limits.file_size_bytes
+            command = ["/usr/bin/prlimit", f"--fsize={fsize}:{fsize}", "--", *command]
+        bwrap_argv = bwrap.build_bwrap_argv(
+            bwrap_path,
+            command,
+            limits,
+            staged,
+            status_w,
+            env=options.env,
+            ro_binds=options.ro_binds,
+            seccomp_fd=filter_fd,
+        )
+        prefix = _launch_prefix(
             cg.procs_files if cg is not None else [],
-            _rlimits(
-                limits,
-                memory_in_cgroup=cg is not None and cg.has_memory,
-                tasks_in_cgroup=cg is not None and cg.has_pids,
-                run_uid=run_uid,
-            ),
+            rlimits_for(setup_limits, cg, run_uid),
             run_uid,
         )
         started = time.monotonic()
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                *command,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                # bwrap's own environ stays readable as /proc/1/environ inside.
-                env={},
-                start_new_session=True,
-                pass_fds=(status_w, *staged.fds),
-                preexec_fn=preexec,
-            )
-        except (OSError, subprocess.SubprocessError) as exc:
-            return _early_outcome(Verdict.SYSTEM_ERROR, f"cannot start the sandbox: {exc}")
-        finally:
-            os.close(status_w)
-            status_w = -1
-            staged.close()
-        return await _supervise(proc, started, stdin, limits, on_output, cg, run_uid, status_r)
+        proc = await asyncio.create_subprocess_exec(
+            *prefix,
+            *bwrap_argv,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            # bwrap's own environ stays readable as /proc/1/environ inside.
+            env={},
+            start_new_session=True,
+            pass_fds=(*to_close, *staged.fds, *pass_fds),
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        for fd in (status_r, export_r):
+            if fd is not None:
+                os.close(fd)
+        return early_outcome(Verdict.SYSTEM_ERROR, f"cannot start the sandbox: {exc}")
     finally:
-        os.close(status_r)
-        if status_w != -1:
-            os.close(status_w)
+        # The sandbox holds its own copies now; ours would keep the pipes open.
+        for fd in to_close:
+            os.close(fd)
+        staged.close()
+    return Started(proc, started, cg, run_uid, status_r, export_r)
 
 
-async def _supervise(
-    proc: asyncio.subprocess.Process,
-    started: float,
+async def _collect(fd: int, cap: int, run: _Run) -> bytes:
+    """Read the exported archive, killing the run if it grows past ``cap``."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    transport, _ = await loop.connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(os.dup(fd), "rb", 0)
+    )
+    data = bytearray()
+    try:
+        while chunk := await reader.read(_CHUNK):
+            data += chunk
+            if len(data) > cap:
+                run.kill("export")
+                return b""
+    finally:
+        transport.close()
+    return bytes(data)
+
+
+async def supervise(
+    st: Started,
     stdin: bytes,
     limits: SandboxLimits,
     on_output: OutputSink | None,
-    cg: cgroups.RunCgroup | None,
-    run_uid: int | None,
-    status_fd: int,
+    cancel: asyncio.Event | None = None,
+    cpu_baseline_ns: int = 0,
 ) -> RunOutcome:
-    run = _Run(proc, limits, cg, run_uid, on_output)
+    """Feed, watch and judge a started sandbox until it ends, then kill what is left.
+
+    ``cpu_baseline_ns`` is CPU the sandbox used before its program was handed
+    over (a warm sandbox's launcher); it counts against no limit.
+    """
+    proc = st.proc
+    cg = st.cg
+    run = _Run(proc, limits, cg, st.run_uid, on_output, cpu_baseline_ns)
     assert proc.stdout is not None and proc.stderr is not None
-    pumps = [
+    pumps: list[asyncio.Task[Any]] = [
         asyncio.create_task(run.pump("stdout", proc.stdout, run.stdout)),
         asyncio.create_task(run.pump("stderr", proc.stderr, run.stderr)),
     ]
+    export: asyncio.Task[bytes] | None = None
+    if st.export_r is not None:
+        # The archive may hold everything /work could: each file plus a header.
+        export = asyncio.create_task(_collect(st.export_r, 2 * limits.tmp_bytes + (1 << 20), run))
+        pumps.append(export)
     helpers = [asyncio.create_task(run.feed(stdin)), asyncio.create_task(run.monitor())]
+    cancelled = (
+        asyncio.create_task(cancel.wait()) if cancel is not None else asyncio.create_task(_never())
+    )
     try:
         exited = asyncio.ensure_future(proc.wait())
-        try:
-            await asyncio.wait_for(asyncio.shield(exited), timeout=limits.wall_time_s)
-        except TimeoutError:
-            run.kill("wall")
+        done, _ = await asyncio.wait(
+            [exited, cancelled],
+            timeout=max(0.0, limits.wall_time_s - (time.monotonic() - st.started)),
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+        if exited not in done:
+            run.kill("cancelled" if cancelled in done else "wall")
             await exited
-        wall_ms = int((time.monotonic() - started) * 1000)
+        wall_ms = int((time.monotonic() - st.started) * 1000)
         # Whatever is left (daemons, stragglers) goes now.
         run.kill()
         _, pending = await asyncio.wait(pumps, timeout=_DRAIN_GRACE_S)
@@ -546,9 +702,9 @@ async def _supervise(
             run.kill()
             await asyncio.wait(pending, timeout=_DRAIN_GRACE_S)
     finally:
-        for task in (*pumps, *helpers):
+        for task in (*pumps, *helpers, cancelled):
             task.cancel()
-        await asyncio.gather(*pumps, *helpers, return_exceptions=True)
+        await asyncio.gather(*pumps, *helpers, cancelled, return_exceptions=True)
         if proc.returncode is None:
             run.kill()
     if run.sink_error is not None:
@@ -563,9 +719,9 @@ async def _supervise(
     if stats is not None and stats.peak_memory_bytes is not None:
         peak = max(peak, stats.peak_memory_bytes)
     if stats is not None and stats.cpu_time_ns is not None:
-        cpu_ns = max(cpu_ns, stats.cpu_time_ns)
+        cpu_ns = max(cpu_ns, stats.cpu_time_ns - cpu_baseline_ns)
 
-    command_exit = _read_status(status_fd)
+    command_exit = _read_status(st.status_r)
     returncode = proc.returncode
     assert returncode is not None
     exit_code: int | None = None
@@ -582,6 +738,9 @@ async def _supervise(
     verdict, detail = _judge(
         limits, run, stats, command_exit is not None, exit_code, signum, cpu_ns, returncode
     )
+    exported = None
+    if export is not None and verdict is Verdict.COMPLETED and not export.cancelled():
+        exported = export.result() if export.exception() is None else None
     return RunOutcome(
         verdict=verdict,
         exit_code=exit_code,
@@ -594,7 +753,12 @@ async def _supervise(
         cpu_time_ms=cpu_ns // 1_000_000,
         peak_memory_bytes=peak,
         detail=detail,
+        exported=exported,
     )
+
+
+async def _never() -> None:
+    await asyncio.Event().wait()
 
 
 def _judge(
@@ -616,6 +780,10 @@ def _judge(
             Verdict.OUTPUT_LIMIT,
             f"output limit of {limits.output_bytes} bytes exceeded on {' and '.join(streams)}",
         )
+    if run.kill_reason == "cancelled":
+        return Verdict.CANCELLED, "cancelled while running"
+    if run.kill_reason == "export":
+        return Verdict.FAILED, "build output larger than the work directory limit"
     if run.kill_reason == "wall":
         return Verdict.TIMEOUT, wall_msg
     if run.kill_reason == "cpu":
@@ -627,9 +795,13 @@ def _judge(
     if memory_killed and not succeeded:
         return Verdict.MEMORY_LIMIT, mem_msg
     if not executed:
-        if returncode < 0:
-            return Verdict.SYSTEM_ERROR, f"sandbox supervisor killed by {_signal_name(-returncode)}"
         message = bytes(run.stderr.data).decode("utf-8", "replace").strip().splitlines()
+        if returncode < 0:
+            said = f": {message[-1]}" if message else ""
+            return (
+                Verdict.SYSTEM_ERROR,
+                f"sandbox supervisor killed by {_signal_name(-returncode)}{said}",
+            )
         reason = message[-1] if message else f"bwrap exited with code {returncode}"
         return Verdict.SYSTEM_ERROR, f"sandbox setup failed: {reason}"
     if signum == signal.SIGXCPU or (
@@ -667,18 +839,21 @@ def _probe_bwrap() -> bool:
         tmp_bytes=1 << 20,
     )
     status_r, status_w = os.pipe()
-    run_uid = _pick_run_uid()
+    filter_fd = seccomp.filter_fd() if seccomp.supported() else None
+    run_uid = pick_run_uid()
     try:
         with bwrap.StagedFiles({}, limits) as staged:
-            argv = bwrap.build_bwrap_argv(path, ["/bin/true"], limits, staged, status_w)
+            argv = bwrap.build_bwrap_argv(
+                path, ["/bin/true"], limits, staged, status_w, seccomp_fd=filter_fd
+            )
+            prefix = _launch_prefix([], _rlimits(limits, False, False, run_uid), run_uid)
             result = subprocess.run(
-                argv,
+                [*prefix, *argv],
                 env={},
                 capture_output=True,
                 timeout=30,
                 start_new_session=True,
-                pass_fds=(status_w, *staged.fds),
-                preexec_fn=_make_preexec([], _rlimits(limits, False, False, run_uid), run_uid),
+                pass_fds=(status_w, *staged.fds, *([] if filter_fd is None else [filter_fd])),
             )
         return result.returncode == 0
     except (OSError, subprocess.SubprocessError) as exc:
@@ -687,6 +862,8 @@ def _probe_bwrap() -> bool:
     finally:
         os.close(status_r)
         os.close(status_w)
+        if filter_fd is not None:
+            os.close(filter_fd)
         if run_uid is not None:
             _uids_in_use.discard(run_uid)
 
@@ -702,6 +879,7 @@ def sandbox_layers() -> dict[str, bool]:
         _bwrap_probe_ok.cache_clear()
     return {
         "bwrap": ok,
+        "seccomp": ok and seccomp.supported(),
         **cgroups.cgroup_layers(),
         "rlimits": True,
         "uid_isolation": os.geteuid() == 0,

@@ -1,0 +1,290 @@
+"""Hostile programs against the mesh's real executor.
+
+Each must end in the right verdict, and leave the executor healthy and the next run
+unaffected (`assert_healthy` runs one right after).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import os
+import uuid
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import services.executor.worker as executor_worker
+from sandmesh.execution.v1 import execution_pb2
+from tests.executor.support import Runner, assert_healthy, status
+
+Limits = execution_pb2.Limits
+
+
+def _pids_with(marker: str) -> list[int]:
+    """Host processes whose command line carries `marker`."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/cmdline", "rb") as fh:
+                if marker.encode() in fh.read():
+                    found.append(int(name))
+        except OSError:
+            continue
+    return found
+
+
+async def test_fork_bomb_is_held_by_the_task_limit(run: Runner) -> None:
+    marker = f"forkbomb-{uuid.uuid4().hex}"
+    source = "#include <unistd.h>\nint main(void) { for (;;) fork(); }\n"
+    result = await run(
+        "c", source, args=[marker], limits=Limits(cpu_time_ms=2000, wall_time_ms=3000)
+    )
+    assert status(result) == "TIMEOUT", result
+    assert result.error_code == "E004"
+    assert _pids_with(marker) == []
+    await assert_healthy(run)
+
+
+async def test_thread_bomb_is_held_by_the_task_limit(run: Runner) -> None:
+    source = """
+import threading, time
+started = 0
+try:
+    while True:
+        threading.Thread(target=time.sleep, args=(30,), daemon=True).start()
+        started += 1
+except RuntimeError:
+    print(started)
+"""
+    result = await run("python3", source, limits=Limits(max_processes=16))
+    assert status(result) == "COMPLETED", result
+    # The main thread is one of the sixteen tasks.
+    assert 0 < int(result.stdout) < 16
+    await assert_healthy(run)
+
+
+async def test_memory_bomb_ends_in_memory_limit(run: Runner) -> None:
+    result = await run(
+        "python3", "b = bytearray(1 << 30)\nprint('survived')", limits=Limits(memory_mb=128)
+    )
+    assert status(result) == "MEMORY_LIMIT", result
+    assert result.error_code == "E003"
+    assert result.stdout == b""
+    assert 0 < result.usage.peak_memory_bytes <= 130 << 20
+    await assert_healthy(run)
+
+
+async def test_cpu_spin_and_sleep_forever_time_out_saying_which(run: Runner) -> None:
+    spin, sleep = await asyncio.gather(
+        run("python3", "while True:\n    pass\n", limits=Limits(cpu_time_ms=1000)),
+        run("python3", "import time\ntime.sleep(3600)\n", limits=Limits(wall_time_ms=1000)),
+    )
+    assert status(spin) == "TIMEOUT" and spin.error_code == "E004"
+    # RLIMIT_CPU counts tick-sampled time, which may run ahead of the cgroup's exact count.
+    assert "cpu time" in spin.detail and spin.usage.cpu_time_ms >= 700
+    assert status(sleep) == "TIMEOUT" and sleep.error_code == "E004"
+    assert "wall time" in sleep.detail and 1000 <= sleep.usage.wall_time_ms < 2000
+    await assert_healthy(run)
+
+
+async def test_a_loop_that_breaks_out_runs(run: Runner) -> None:
+    # No guessing at infinite loops from the source: only the limits stop a program.
+    source = "n = 0\nwhile True:\n    n += 1\n    if n == 1000:\n        break\nprint(n)\n"
+    result = await run("python3", source)
+    assert status(result) == "COMPLETED" and result.stdout == b"1000\n"
+
+
+async def test_a_gigabyte_to_stdout_is_cut_and_flagged(run: Runner) -> None:
+    source = "import sys\nchunk = b'x' * (1 << 20)\nfor _ in range(1024):\n"
+    source += "    sys.stdout.buffer.write(chunk)\n"
+    result = await run("python3", source, limits=Limits(output_bytes=65536))
+    assert status(result) == "OUTPUT_LIMIT", result
+    assert result.stdout_truncated and not result.stderr_truncated
+    assert result.stdout == b"x" * 65536
+    await assert_healthy(run)
+
+
+async def test_filling_tmp_stops_at_its_cap(run: Runner) -> None:
+    source = """
+try:
+    with open("/tmp/fill", "wb") as fh:
+        while True:
+            fh.write(b"x" * (1 << 20))
+except OSError as exc:
+    print("stopped", exc.errno)
+"""
+    limits = Limits(tmp_mb=4, file_size_bytes=64 << 20)
+    result = await run("python3", source, limits=limits)
+    assert status(result) == "COMPLETED", result
+    assert result.stdout == b"stopped 28\n"  # ENOSPC
+    await assert_healthy(run)
+
+
+async def test_files_left_behind_are_not_seen_by_a_later_run(run: Runner) -> None:
+    places = ["/tmp", "/var/tmp", "/dev/shm", "/run/lock", "/work"]
+    token = uuid.uuid4().hex
+    plant = f"""
+import os
+for place in {places!r}:
+    try:
+        with open(os.path.join(place, "left-{token}"), "w") as fh:
+            fh.write("x")
+        print(place, "written")
+    except OSError:
+        print(place, "refused")
+"""
+    look = f"""
+import os
+for place in {places!r}:
+    print(place, os.path.exists(os.path.join(place, "left-{token}")))
+"""
+    planted = await run("python3", plant)
+    assert status(planted) == "COMPLETED", planted
+    # The private tmpfs mounts take the files; elsewhere the root is read-only.
+    assert b"/tmp written" in planted.stdout and b"/dev/shm written" in planted.stdout
+    assert b"/var/tmp refused" in planted.stdout
+    for language in ("python3", "python3", "python3"):
+        later = await run(language, look)
+        assert later.stdout.decode().split() == [w for p in places for w in (p, "False")]
+
+
+# One of the executor's own source files, which a program must not be able to touch.
+OWN_FILE = Path(executor_worker.__file__).resolve()
+
+
+async def test_host_files_cannot_be_written_or_read(run: Runner) -> None:
+    before = await asyncio.to_thread(OWN_FILE.read_bytes)
+    source = """
+import os, sys
+def attempt(label, fn):
+    try:
+        fn()
+        print(label, "ok")
+    except OSError:
+        print(label, "denied")
+attempt("etc", lambda: open("/etc/passwd", "a").write("evil::0:0::/:/bin/sh"))
+attempt("etc-new", lambda: open("/etc/evil", "w").write("x"))
+attempt("own", lambda: open(sys.argv[1], "a").write("# evil"))
+attempt("shadow", lambda: open("/etc/shadow").read())
+"""
+    result = await run("python3", source, args=[str(OWN_FILE)])
+    assert status(result) == "COMPLETED", result
+    assert result.stdout.decode().split() == [
+        "etc", "denied", "etc-new", "denied", "own", "denied", "shadow", "denied"
+    ]  # fmt: skip
+    assert await asyncio.to_thread(OWN_FILE.read_bytes) == before
+    assert not await asyncio.to_thread(os.path.exists, "/etc/evil")
+
+
+async def test_the_sandbox_sees_a_clean_environment(run: Runner) -> None:
+    host_env = run.mesh.services["executor"].env
+    source = "import os\nprint(sorted(os.environ))\nprint(open('/proc/1/environ', 'rb').read())"
+    result = await run("python3", source)
+    assert status(result) == "COMPLETED", result
+    names = result.stdout.decode().splitlines()[0]
+    assert names == "['HOME', 'LANG', 'PATH', 'PWD']"
+    for secret in (host_env["NATS_URL"], host_env["DATABASE_URL"]):
+        assert secret.encode() not in result.stdout
+
+
+async def test_no_network_to_loopback_services_or_outside(run: Runner) -> None:
+    env = run.mesh.services["executor"].env
+    targets = [
+        ("127.0.0.1", urlsplit(env["NATS_URL"]).port),
+        ("127.0.0.1", urlsplit(env["DATABASE_URL"]).port),
+        ("127.0.0.1", run.mesh.services["executor"].port),
+        ("1.1.1.1", 443),
+    ]
+    source = f"""
+import socket
+for target in {targets!r}:
+    try:
+        socket.create_connection(target, timeout=1).close()
+        print("connected")
+    except OSError:
+        print("unreachable")
+"""
+    result = await run("python3", source)
+    assert status(result) == "COMPLETED", result
+    assert result.stdout == b"unreachable\n" * len(targets)
+
+
+async def test_a_double_forked_daemon_does_not_outlive_the_run(run: Runner) -> None:
+    marker = f"daemon-{uuid.uuid4().hex}"
+    source = f"""
+import os, time
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        os.execv("/usr/bin/python3", ["python3", "-c", "import time; time.sleep(60)", "{marker}"])
+    os._exit(0)
+time.sleep(0.3)
+print("parent done")
+"""
+    result = await run("python3", source)
+    assert status(result) == "COMPLETED", result
+    for _ in range(40):
+        if not _pids_with(marker):
+            break
+        await asyncio.sleep(0.05)
+    assert _pids_with(marker) == []
+
+
+async def test_kill_minus_one_from_inside_leaves_the_executor_alive(run: Runner) -> None:
+    source = "import os, signal, time\nos.kill(-1, signal.SIGKILL)\ntime.sleep(1)\nprint('alive')"
+    result = await run("python3", source)
+    assert status(result) in ("FAILED", "COMPLETED"), result
+    await assert_healthy(run)
+
+
+async def test_ptrace_and_foreign_proc_are_out_of_reach(run: Runner) -> None:
+    source = """
+import ctypes, errno, os
+libc = ctypes.CDLL(None, use_errno=True)
+child = os.fork()
+if child == 0:
+    import time
+    time.sleep(5)
+    os._exit(0)
+PTRACE_ATTACH = 16
+print("ptrace", libc.ptrace(PTRACE_ATTACH, child, 0, 0), ctypes.get_errno() == errno.EPERM)
+os.kill(child, 9)
+pids = sorted(int(p) for p in os.listdir("/proc") if p.isdigit())
+print("max-pid", max(pids))
+cmdlines = b"".join(open(f"/proc/{p}/cmdline", "rb").read() for p in pids if p != child)
+print("sandmesh" in cmdlines.decode(errors="replace"))
+"""
+    result = await run("python3", source)
+    assert status(result) == "COMPLETED", result
+    lines = result.stdout.decode().splitlines()
+    assert lines[0] == "ptrace -1 True"
+    # Its own pid namespace: a handful of pids, none of the host's processes.
+    assert int(lines[1].split()[1]) < 16
+    assert lines[2] == "False"
+
+
+async def test_a_compile_time_bomb_is_held_by_the_compile_limits(run: Runner) -> None:
+    result = await run("c", "int main[0x10000000] = {1};\n")
+    assert status(result) == "COMPILATION_ERROR", result
+    assert result.error_code == "E001"
+    assert result.usage.wall_time_ms < 30_000
+    await assert_healthy(run)
+
+
+async def test_a_decompression_bomb_cannot_expand_past_the_limits(run: Runner) -> None:
+    bomb = gzip.compress(b"\0" * (256 << 20), compresslevel=9)
+    assert len(bomb) < 1 << 20
+    source = """
+import gzip, shutil
+with gzip.open("bomb.gz") as src, open("/work/expanded", "wb") as dst:
+    shutil.copyfileobj(src, dst)
+print("expanded")
+"""
+    limits = Limits(tmp_mb=16, file_size_bytes=8 << 20)
+    result = await run("python3", source, files={"bomb.gz": bomb}, limits=limits)
+    assert status(result) == "FAILED", result
+    assert b"expanded" not in result.stdout
+    assert b"File too large" in result.stderr or b"No space left" in result.stderr
+    await assert_healthy(run)
