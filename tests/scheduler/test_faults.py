@@ -110,7 +110,7 @@ async def test_hundred_clients_submitting_ten_each_give_a_thousand_final_states(
     mesh, _ = fault_mesh
     target = mesh.services["gateway"].target
 
-    async def client(number: int) -> list[str]:
+    async def one_client(number: int) -> list[str]:
         async with client.connect(target, servers.api_key) as channel:
             gateway = gateway_pb2_grpc.GatewayServiceStub(channel)
             return [
@@ -118,7 +118,7 @@ async def test_hundred_clients_submitting_ten_each_give_a_thousand_final_states(
                 for i in range(10)
             ]
 
-    ids = [i for batch in await asyncio.gather(*(client(n) for n in range(100))) for i in batch]
+    ids = [i for batch in await asyncio.gather(*(one_client(n) for n in range(100))) for i in batch]
     assert len(set(ids)) == 1000
     statuses = await wait_all_final(servers.postgres.url, ids, timeout=240)
     assert collections.Counter(statuses.values()) == {"COMPLETED": 1000}
