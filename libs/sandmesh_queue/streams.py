@@ -63,15 +63,18 @@ STREAMS = (
 )
 
 CONSUMERS = (
-    (
-        subjects.JOBS_STREAM,
-        ConsumerConfig(
-            durable_name=subjects.EXECUTOR_CONSUMER,
-            ack_policy=AckPolicy.EXPLICIT,
-            ack_wait=JOB_ACK_WAIT_S,
-            max_deliver=JOB_MAX_DELIVER,
-            filter_subject="sandmesh.jobs.>",
-        ),
+    *(
+        (
+            subjects.JOBS_STREAM,
+            ConsumerConfig(
+                durable_name=subjects.executor_consumer(lane),
+                ack_policy=AckPolicy.EXPLICIT,
+                ack_wait=JOB_ACK_WAIT_S,
+                max_deliver=JOB_MAX_DELIVER,
+                filter_subject=subjects.job_subject(lane),
+            ),
+        )
+        for lane in subjects.LANES
     ),
     (
         subjects.RESULTS_STREAM,
@@ -111,6 +114,14 @@ async def ensure_streams(js: JetStreamContext) -> None:
         except BadRequestError:
             # The stream exists with another config: converge it on ours.
             await js.update_stream(config)
+    declared = {(stream, c.durable_name) for stream, c in CONSUMERS}
+    for stream in (subjects.JOBS_STREAM,):
+        # A work queue refuses overlapping consumers, so an undeclared one (from an older
+        # layout) would block the declared ones: it goes.
+        for info in await js.consumers_info(stream):
+            if (stream, info.name) not in declared:
+                log.warning("removing undeclared consumer", extra={"consumer": info.name})
+                await js.delete_consumer(stream, info.name)
     for stream, consumer in CONSUMERS:
         # add_consumer on an existing durable updates it in place, so this is idempotent.
         await js.add_consumer(stream, consumer)

@@ -14,7 +14,15 @@ CANCEL_SUBJECT = "sandmesh.control.cancel"
 MSG_ID_HEADER = "Nats-Msg-Id"
 TENANT_HEADER = "Sandmesh-Tenant"
 
-EXECUTOR_CONSUMER = "executors"
+# Priority lanes, highest first; each has its own durable consumer shared by all executors.
+LANES = ("interactive", "batch")
+
+
+def executor_consumer(lane: str) -> str:
+    """The durable consumer executors pull `lane`'s jobs from."""
+    return f"executors-{lane}"
+
+
 RESULTS_CONSUMER = "scheduler-results"
 STATUS_CONSUMER = "scheduler-status"
 DEAD_LETTER_CONSUMER = "scheduler-dead-letters"

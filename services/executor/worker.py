@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -29,6 +30,10 @@ log = logging.getLogger("sandmesh.executor")
 # in_progress() well inside ack_wait, so a live run is never redelivered to another executor.
 HEARTBEAT_S = JOB_ACK_WAIT_S / 3
 FETCH_WAIT_S = 5.0
+# Weighted turns: interactive first three times in four, so batch is slower, never starved.
+LANE_TURNS = ("interactive", "interactive", "interactive", "batch")
+# A lane with nothing ready answers within this; a ready job comes at once.
+LANE_PEEK_S = 0.02
 # How long a finished run's result is retried through a NATS outage before giving up.
 RESULT_RETRY_S = 120.0
 
@@ -58,6 +63,15 @@ async def _heartbeat(msg: Msg) -> AsyncIterator[None]:
             await task
 
 
+async def _pull_one(subscription: JetStreamContext.PullSubscription, wait_s: float) -> Msg | None:
+    """At most one job: this worker can start exactly one now."""
+    try:
+        (msg,) = await subscription.fetch(1, timeout=wait_s)
+    except nats.errors.TimeoutError:
+        return None
+    return msg
+
+
 class Worker:
     """Runs jobs one at a time; the executor starts as many workers as it has slots."""
 
@@ -82,18 +96,27 @@ class Worker:
         self._draining.set()
 
     async def run(self) -> None:
-        """Pull and run jobs until drained."""
+        """Pull and run jobs until drained, lanes served by weight."""
         js = await self._queue.ready()
-        subscription = await js.pull_subscribe_bind(
-            durable=subjects.EXECUTOR_CONSUMER, stream=subjects.JOBS_STREAM
-        )
+        lanes = {
+            lane: await js.pull_subscribe_bind(
+                durable=subjects.executor_consumer(lane), stream=subjects.JOBS_STREAM
+            )
+            for lane in subjects.LANES
+        }
+        turns = itertools.cycle(LANE_TURNS)
         while not self._draining.is_set():
-            try:
-                # Exactly one: this worker can start exactly one job now.
-                batch = await subscription.fetch(1, timeout=FETCH_WAIT_S)
-            except nats.errors.TimeoutError:
-                continue
-            for msg in batch:
+            turn = next(turns)
+            order = [turn, *(lane for lane in subjects.LANES if lane != turn)]
+            msg = None
+            for lane in order:
+                msg = await _pull_one(lanes[lane], LANE_PEEK_S)
+                if msg is not None:
+                    break
+            if msg is None:
+                # Idle: wait on the interactive lane, where waiting costs the most.
+                msg = await _pull_one(lanes[subjects.LANES[0]], FETCH_WAIT_S)
+            if msg is not None:
                 await self.handle(js, msg)
 
     async def handle(self, js: JetStreamContext, msg: Msg) -> None:

@@ -56,8 +56,11 @@ async def test_twenty_runs_at_once_finish_and_never_exceed_the_bound(
     async def watch() -> None:
         while not done.is_set():
             seen_running.append((await sandbox_status(executor)).running)
-            info = await js.consumer_info(subjects.JOBS_STREAM, subjects.EXECUTOR_CONSUMER)
-            seen_pulled.append(info.num_ack_pending)
+            pulled = 0
+            for lane in subjects.LANES:
+                consumer = subjects.executor_consumer(lane)
+                pulled += (await js.consumer_info(subjects.JOBS_STREAM, consumer)).num_ack_pending
+            seen_pulled.append(pulled)
             await asyncio.sleep(0.01)
 
     source = "import sys, time\nstart = time.time()\ntime.sleep(0.2)\n"

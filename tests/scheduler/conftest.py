@@ -23,7 +23,7 @@ from tests.conftest import Servers
 
 ACK_WAIT_S = 1.0
 MAX_DELIVER = 2
-MAX_QUEUED_PER_TENANT = 3
+MAX_QUEUED_PER_TENANT = 8
 
 
 @dataclass

@@ -277,3 +277,42 @@ async def test_a_result_delivered_twice_is_stored_once_with_one_final_event(
             await finals.next_msg(timeout=0.5)
     finally:
         await nc.close()
+
+
+async def test_interactive_goes_first_and_batch_is_never_starved(
+    scheduler: Stub, island: Island
+) -> None:
+    who = tenant()
+    source = "import time\nprint(time.time())"
+
+    async def queue(priority: int, count: int) -> list[str]:
+        ids = []
+        for _ in range(count):
+            response = await scheduler.Enqueue(
+                scheduler_pb2.EnqueueRequest(
+                    tenant=who,
+                    request=execution_pb2.ExecutionRequest(
+                        language="python3",
+                        source=source,
+                        priority=priority,  # type: ignore[arg-type]
+                    ),
+                ),
+                timeout=5,
+            )
+            ids.append(response.execution.id)
+        return ids
+
+    # Batch first, so arrival order alone would run it first.
+    batch = await queue(execution_pb2.PRIORITY_BATCH, 2)
+    interactive = await queue(execution_pb2.PRIORITY_INTERACTIVE, 6)
+    island.start_executor()  # one slot: runs are strictly one after another
+    started = {}
+    for execution_id in [*batch, *interactive]:
+        done = await wait_status(
+            scheduler, who, execution_id, {execution_pb2.EXECUTION_STATUS_COMPLETED}
+        )
+        started[execution_id] = float(done.result.stdout)
+    order = ["B" if i in batch else "I" for i in sorted(started, key=started.__getitem__)]
+    assert order[:3] == ["I", "I", "I"], order
+    # Three interactive turns in four: the first batch job runs before the last interactive.
+    assert order.index("B") < max(i for i, lane in enumerate(order) if lane == "I"), order
