@@ -21,6 +21,11 @@ def from_name(name: str) -> execution_pb2.ExecutionStatus.ValueType:
     return execution_pb2.ExecutionStatus.Value(_PREFIX + name)
 
 
+def priority(lane: str) -> execution_pb2.Priority.ValueType:
+    """The priority a lane serves."""
+    return execution_pb2.PRIORITY_BATCH if lane == "batch" else execution_pb2.PRIORITY_INTERACTIVE
+
+
 def lane(priority: execution_pb2.Priority.ValueType) -> str:
     """The queue lane of a priority; unspecified means interactive."""
     if priority == execution_pb2.PRIORITY_BATCH:

@@ -8,6 +8,8 @@ EVENTS_STREAM = "EVENTS"
 ADVISORIES_STREAM = "ADVISORIES"
 
 RESULTS_SUBJECT = "sandmesh.results"
+# Core NATS (not JetStream): executors announce themselves here; the scheduler listens.
+HEARTBEAT_SUBJECT = "sandmesh.executors.heartbeat"
 # Core NATS (not JetStream): every executor hears it and kills the named run if it has it.
 CANCEL_SUBJECT = "sandmesh.control.cancel"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -11,6 +12,7 @@ from collections.abc import Sequence
 import grpc
 
 from sandmesh.executor.v1 import executor_pb2, executor_pb2_grpc
+from sandmesh_queue import subjects
 from sandmesh_queue.connection import Queue
 from sandmesh_runtime.health import Check
 from sandmesh_runtime.tasks import TaskGroup
@@ -94,8 +96,22 @@ class Executor:
         )
         self.pools.start()
         self.listeners.supervise("cancel-listener", lambda: self.cancels.listen(self.queue))
+        self.listeners.supervise("heartbeat", self._announce)
         for index, worker in enumerate(self.workers):
             self.tasks.supervise(f"worker-{index}", worker.run, forever=False)
+
+    async def _announce(self) -> None:
+        """Tell the scheduler this executor is alive, and how busy, every few seconds."""
+        await self.queue.ready()
+        while True:
+            beat = executor_pb2.ExecutorHeartbeat(
+                executor_id=self.executor_id,
+                capacity=len(self.workers),
+                running=sum(w.running for w in self.workers),
+            )
+            with contextlib.suppress(Exception):  # a missed beat is what the registry watches
+                await self.queue.nc.publish(subjects.HEARTBEAT_SUBJECT, beat.SerializeToString())
+            await asyncio.sleep(self.settings.heartbeat_interval_s)
 
     async def stop(self) -> None:
         for worker in self.workers:

@@ -19,3 +19,6 @@ class ExecutorSettings:
     warm_pool_size: int = env(
         "SANDMESH_WARM_POOL_SIZE", 1, "pre-started sandboxes per interpreted language; 0 disables"
     )
+    heartbeat_interval_s: float = env(
+        "SANDMESH_HEARTBEAT_INTERVAL_S", 2.0, "how often it announces itself to the scheduler"
+    )

@@ -13,6 +13,7 @@ from sandmesh.execution.v1 import execution_pb2
 from sandmesh_queue import messages, subjects
 from sandmesh_queue.connection import Queue
 from services.scheduler.lifecycle import Lifecycle
+from services.scheduler.registry import Registry
 
 log = logging.getLogger("sandmesh.scheduler")
 
@@ -92,12 +93,25 @@ def record_dead_letters(lifecycle: Lifecycle) -> Callable[[Msg], Awaitable[None]
     return handle
 
 
-async def sweep(lifecycle: Lifecycle, interval_s: float, stuck_margin_s: float) -> None:
-    """Close expired and stuck executions, forever."""
+async def sweep(
+    lifecycle: Lifecycle, registry: Registry, interval_s: float, stuck_margin_s: float
+) -> None:
+    """Close expired and stuck executions and requeue lost executors' runs, forever."""
     await lifecycle.queue.ready()
     while True:
+        await lifecycle.requeue_lost(registry.newly_dead())
         await lifecycle.sweep(stuck_margin_s)
         await asyncio.sleep(interval_s)
+
+
+async def listen_to_executors(queue: Queue, registry: Registry) -> None:
+    """Keep the registry fed with executor heartbeats (core NATS), for as long as we run."""
+    await queue.ready()
+    subscription = await queue.nc.subscribe(subjects.HEARTBEAT_SUBJECT, cb=registry.heard)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await subscription.unsubscribe()
 
 
 CONSUMERS = (

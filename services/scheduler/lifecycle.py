@@ -77,6 +77,16 @@ class Lifecycle:
             return closed.execution
         return await self.store.get(tenant, execution_id)
 
+    async def requeue_lost(self, executor_ids: list[str]) -> None:
+        """Runs of executors that went silent wait for another executor."""
+        for executor_id in executor_ids:
+            requeued = await self.store.requeue_runs_of(executor_id)
+            if requeued:
+                log.warning(
+                    "runs of a lost executor requeued",
+                    extra={"executor_id": executor_id, "executions": requeued},
+                )
+
     async def sweep(self, stuck_margin_s: float) -> None:
         """Expire jobs queued past their deadline and close runs that outlived theirs."""
         for closed in [

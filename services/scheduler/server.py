@@ -13,8 +13,11 @@ from google.rpc import error_details_pb2
 
 from sandmesh.execution.v1 import execution_pb2
 from sandmesh.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
+from sandmesh_contracts import statuses
+from sandmesh_queue import subjects
 from sandmesh_runtime import errors
 from services.scheduler.lifecycle import Lifecycle, QueueUnavailable
+from services.scheduler.registry import Registry
 from services.scheduler.settings import SchedulerSettings
 from services.scheduler.store import IdempotencyConflict, NewExecution, QueueFull
 
@@ -31,8 +34,11 @@ async def _not_found(context: Context, what: str, key: str) -> NoReturn:
 
 
 class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
-    def __init__(self, lifecycle: Lifecycle, settings: SchedulerSettings) -> None:
+    def __init__(
+        self, lifecycle: Lifecycle, registry: Registry, settings: SchedulerSettings
+    ) -> None:
         self._lifecycle = lifecycle
+        self._registry = registry
         self._store = lifecycle.store
         self._settings = settings
 
@@ -137,6 +143,30 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         except ValueError:
             await errors.invalid_argument(context, [("page_token", "is not a token we issued")])
         return scheduler_pb2.ListDeadLettersResponse(dead_letters=letters, next_page_token=token)
+
+    async def GetQueueStats(
+        self, request: scheduler_pb2.GetQueueStatsRequest, context: Context
+    ) -> scheduler_pb2.GetQueueStatsResponse:
+        try:
+            js = self._lifecycle.queue.js
+            counts = await self._store.lane_counts()
+            lanes = []
+            for lane in subjects.LANES:
+                info = await js.consumer_info(
+                    subjects.JOBS_STREAM, subjects.executor_consumer(lane)
+                )
+                running, per_second = counts.get(lane, (0, 0.0))
+                lanes.append(
+                    scheduler_pb2.LaneStats(
+                        priority=statuses.priority(lane),
+                        pending=info.num_pending,
+                        running=running,
+                        completed_per_second=per_second,
+                    )
+                )
+        except (ConnectionError, psycopg.OperationalError):
+            await errors.unavailable(context, "queue statistics are unavailable")
+        return scheduler_pb2.GetQueueStatsResponse(lanes=lanes, executors=self._registry.snapshot())
 
     async def ReplayDeadLetter(
         self, request: scheduler_pb2.ReplayDeadLetterRequest, context: Context

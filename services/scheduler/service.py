@@ -14,6 +14,7 @@ from sandmesh_runtime.health import Check
 from sandmesh_runtime.tasks import TaskGroup
 from services.scheduler import consumers
 from services.scheduler.lifecycle import Lifecycle
+from services.scheduler.registry import Registry
 from services.scheduler.server import SchedulerServicer
 from services.scheduler.settings import SchedulerSettings
 from services.scheduler.store import ExecutionStore, QueueLimits
@@ -30,11 +31,14 @@ class Scheduler:
             self.pool, QueueLimits(settings.max_queued_per_tenant, settings.max_queued)
         )
         self.lifecycle = Lifecycle(store, self.queue)
+        self.registry = Registry(settings.executor_silence_s)
         self.tasks = TaskGroup()
 
     def register(self, server: grpc.aio.Server) -> Sequence[str]:
         # RPCs not written yet fall through to the generated base: UNIMPLEMENTED.
-        servicer = SchedulerServicer(self.lifecycle, self.settings)  # type: ignore[abstract]
+        servicer = SchedulerServicer(  # type: ignore[abstract]
+            self.lifecycle, self.registry, self.settings
+        )
         scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server(servicer, server)
         return [scheduler_pb2.DESCRIPTOR.services_by_name["SchedulerService"].full_name]
 
@@ -53,8 +57,14 @@ class Scheduler:
         self.tasks.supervise(
             "sweeper",
             lambda: consumers.sweep(
-                self.lifecycle, self.settings.sweep_interval_s, self.settings.stuck_margin_s
+                self.lifecycle,
+                self.registry,
+                self.settings.sweep_interval_s,
+                self.settings.stuck_margin_s,
             ),
+        )
+        self.tasks.supervise(
+            "executors", lambda: consumers.listen_to_executors(self.queue, self.registry)
         )
 
     async def stop(self) -> None:

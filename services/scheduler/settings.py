@@ -24,6 +24,9 @@ class SchedulerSettings:
     sweep_interval_s: float = env(
         "SANDMESH_SWEEP_INTERVAL_S", 1.0, "how often expired and stuck executions are closed"
     )
+    executor_silence_s: float = env(
+        "SANDMESH_EXECUTOR_SILENCE_S", 6.0, "an executor unheard this long is presumed dead"
+    )
     stuck_margin_s: float = env(
         "SANDMESH_STUCK_MARGIN_S", 30.0, "how long past its deadline a run may stay RUNNING"
     )

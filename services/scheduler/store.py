@@ -343,6 +343,29 @@ class ExecutionStore:
             ),
         )
 
+    async def requeue_runs_of(self, executor_id: str) -> list[str]:
+        """Put the RUNNING executions of a lost executor back to QUEUED: JetStream redelivers
+        their jobs after ack_wait, to whichever executor pulls next."""
+        async with self._pool.connection() as conn:
+            cursor = await conn.execute(
+                "UPDATE executions SET status = %s WHERE status = %s AND executor_id = %s"
+                " RETURNING id::text",
+                (statuses.QUEUED, statuses.RUNNING, executor_id),
+            )
+            return [row[0] for row in await cursor.fetchall()]
+
+    async def lane_counts(self) -> dict[str, tuple[int, float]]:
+        """Per lane: executions running now, and executions finished per second lately."""
+        async with self._pool.connection(timeout=deadlines.timeout(5.0)) as conn:
+            cursor = await conn.execute(
+                "SELECT priority, count(*) FILTER (WHERE status = %s),"
+                " count(*) FILTER (WHERE finished_at > now() - interval '60 seconds') / 60.0"
+                " FROM executions WHERE status = %s"
+                " OR finished_at > now() - interval '60 seconds' GROUP BY priority",
+                (statuses.RUNNING, statuses.RUNNING),
+            )
+            return {row[0]: (int(row[1]), float(row[2])) for row in await cursor.fetchall()}
+
     async def dead_letter(self, execution_id: str, reason: str, deliveries: int) -> Closed | None:
         """Record a job that exhausted its deliveries and close it as SYSTEM_ERROR."""
         key = _as_uuid(execution_id)

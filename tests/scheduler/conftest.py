@@ -93,6 +93,8 @@ def island(servers: Servers, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         "SANDMESH_MAX_QUEUED_PER_TENANT": str(MAX_QUEUED_PER_TENANT),
         "SANDMESH_SWEEP_INTERVAL_S": "0.2",
         "SANDMESH_STUCK_MARGIN_S": "2",
+        "SANDMESH_HEARTBEAT_INTERVAL_S": "0.5",
+        "SANDMESH_EXECUTOR_SILENCE_S": "2",
         "SANDMESH_GRACE_S": "5",
     }
     scheduler = ServiceProcess("scheduler", port, env, base / "scheduler.log")

@@ -316,3 +316,34 @@ async def test_interactive_goes_first_and_batch_is_never_starved(
     assert order[:3] == ["I", "I", "I"], order
     # Three interactive turns in four: the first batch job runs before the last interactive.
     assert order.index("B") < max(i for i, lane in enumerate(order) if lane == "I"), order
+
+
+async def test_registry_marks_a_silent_executor_dead_and_requeues_its_run(
+    scheduler: Stub, island: Island
+) -> None:
+    first = island.start_executor()
+
+    async def executors() -> list[scheduler_pb2.ExecutorStatus]:
+        stats = await scheduler.GetQueueStats(scheduler_pb2.GetQueueStatsRequest(), timeout=5)
+        return list(stats.executors)
+
+    deadline = time.monotonic() + 10
+    while not [e for e in await executors() if e.alive]:
+        assert time.monotonic() < deadline, "the executor never announced itself"
+        await asyncio.sleep(0.2)
+    (announced,) = await executors()
+    assert announced.capacity == 1
+
+    who = tenant()
+    execution = await enqueue(scheduler, who, source="import time\ntime.sleep(2)\nprint('ok')")
+    await wait_status(scheduler, who, execution.id, {execution_pb2.EXECUTION_STATUS_RUNNING})
+    assert first.process is not None
+    first.process.kill()
+    # Silent for longer than SANDMESH_EXECUTOR_SILENCE_S: dead, and its run waits again.
+    await wait_status(scheduler, who, execution.id, {execution_pb2.EXECUTION_STATUS_QUEUED}, 10)
+    assert [e.alive for e in await executors()] == [False]
+    island.start_executor()
+    done = await wait_status(
+        scheduler, who, execution.id, {execution_pb2.EXECUTION_STATUS_COMPLETED}
+    )
+    assert done.result.stdout == b"ok\n" and done.attempt == 2

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from sandmesh.execution.v1 import execution_pb2 as sandmesh_dot_execution_dot_v1_dot_execution__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#sandmesh/executor/v1/executor.proto\x12\x14sandmesh.executor.v1\x1a%sandmesh/execution/v1/execution.proto\"\x16\n\x14ListLanguagesRequest\"K\n\x15ListLanguagesResponse\x12\x32\n\tlanguages\x18\x01 \x03(\x0b\x32\x1f.sandmesh.execution.v1.Language\")\n\x12GetLanguageRequest\x12\x13\n\x0blanguage_id\x18\x01 \x01(\t\"H\n\x13GetLanguageResponse\x12\x31\n\x08language\x18\x01 \x01(\x0b\x32\x1f.sandmesh.execution.v1.Language\"\x19\n\x17GetSandboxStatusRequest\"<\n\x0cSandboxLayer\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63tive\x18\x02 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\"\x86\x01\n\x18GetSandboxStatusResponse\x12\x13\n\x0b\x65xecutor_id\x18\x01 \x01(\t\x12\x32\n\x06layers\x18\x02 \x03(\x0b\x32\".sandmesh.executor.v1.SandboxLayer\x12\x10\n\x08\x63\x61pacity\x18\x03 \x01(\r\x12\x0f\n\x07running\x18\x04 \x01(\r2\xd2\x02\n\x0f\x45xecutorService\x12h\n\rListLanguages\x12*.sandmesh.executor.v1.ListLanguagesRequest\x1a+.sandmesh.executor.v1.ListLanguagesResponse\x12\x62\n\x0bGetLanguage\x12(.sandmesh.executor.v1.GetLanguageRequest\x1a).sandmesh.executor.v1.GetLanguageResponse\x12q\n\x10GetSandboxStatus\x12-.sandmesh.executor.v1.GetSandboxStatusRequest\x1a..sandmesh.executor.v1.GetSandboxStatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#sandmesh/executor/v1/executor.proto\x12\x14sandmesh.executor.v1\x1a%sandmesh/execution/v1/execution.proto\"\x16\n\x14ListLanguagesRequest\"K\n\x15ListLanguagesResponse\x12\x32\n\tlanguages\x18\x01 \x03(\x0b\x32\x1f.sandmesh.execution.v1.Language\")\n\x12GetLanguageRequest\x12\x13\n\x0blanguage_id\x18\x01 \x01(\t\"H\n\x13GetLanguageResponse\x12\x31\n\x08language\x18\x01 \x01(\x0b\x32\x1f.sandmesh.execution.v1.Language\"\x19\n\x17GetSandboxStatusRequest\"<\n\x0cSandboxLayer\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63tive\x18\x02 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\"\x86\x01\n\x18GetSandboxStatusResponse\x12\x13\n\x0b\x65xecutor_id\x18\x01 \x01(\t\x12\x32\n\x06layers\x18\x02 \x03(\x0b\x32\".sandmesh.executor.v1.SandboxLayer\x12\x10\n\x08\x63\x61pacity\x18\x03 \x01(\r\x12\x0f\n\x07running\x18\x04 \x01(\r\"K\n\x11\x45xecutorHeartbeat\x12\x13\n\x0b\x65xecutor_id\x18\x01 \x01(\t\x12\x10\n\x08\x63\x61pacity\x18\x02 \x01(\r\x12\x0f\n\x07running\x18\x03 \x01(\r2\xd2\x02\n\x0f\x45xecutorService\x12h\n\rListLanguages\x12*.sandmesh.executor.v1.ListLanguagesRequest\x1a+.sandmesh.executor.v1.ListLanguagesResponse\x12\x62\n\x0bGetLanguage\x12(.sandmesh.executor.v1.GetLanguageRequest\x1a).sandmesh.executor.v1.GetLanguageResponse\x12q\n\x10GetSandboxStatus\x12-.sandmesh.executor.v1.GetSandboxStatusRequest\x1a..sandmesh.executor.v1.GetSandboxStatusResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -46,6 +46,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SANDBOXLAYER']._serialized_end=405
   _globals['_GETSANDBOXSTATUSRESPONSE']._serialized_start=408
   _globals['_GETSANDBOXSTATUSRESPONSE']._serialized_end=542
-  _globals['_EXECUTORSERVICE']._serialized_start=545
-  _globals['_EXECUTORSERVICE']._serialized_end=883
+  _globals['_EXECUTORHEARTBEAT']._serialized_start=544
+  _globals['_EXECUTORHEARTBEAT']._serialized_end=619
+  _globals['_EXECUTORSERVICE']._serialized_start=622
+  _globals['_EXECUTORSERVICE']._serialized_end=960
 # @@protoc_insertion_point(module_scope)

@@ -161,3 +161,30 @@ class GetSandboxStatusResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetSandboxStatusResponse: _TypeAlias = GetSandboxStatusResponse  # noqa: Y015
+
+@_typing.final
+class ExecutorHeartbeat(_message.Message):
+    """What an executor announces on `sandmesh.executors.heartbeat` every few seconds."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXECUTOR_ID_FIELD_NUMBER: _builtins.int
+    CAPACITY_FIELD_NUMBER: _builtins.int
+    RUNNING_FIELD_NUMBER: _builtins.int
+    executor_id: _builtins.str
+    capacity: _builtins.int
+    running: _builtins.int
+    def __init__(
+        self,
+        *,
+        executor_id: _builtins.str = ...,
+        capacity: _builtins.int = ...,
+        running: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capacity", b"capacity", "executor_id", b"executor_id", "running", b"running"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExecutorHeartbeat: _TypeAlias = ExecutorHeartbeat  # noqa: Y015
