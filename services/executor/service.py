@@ -8,6 +8,7 @@ import logging
 import os
 import socket
 from collections.abc import Sequence
+from pathlib import Path
 
 import grpc
 
@@ -35,7 +36,11 @@ class Executor:
     def __init__(self, settings: ExecutorSettings) -> None:
         self.settings = settings
         self.executor_id = settings.executor_id or f"{socket.gethostname()}-{os.getpid()}"
-        self.registry = languages.load()
+        self.registry = (
+            languages.load(Path(settings.languages_file))
+            if settings.languages_file
+            else languages.load()
+        )
         self.versions: dict[str, str] = {}
         self.queue = Queue(settings.nats_url, f"sandmesh-executor-{self.executor_id}")
         self.cancels = Cancellations()

@@ -19,6 +19,9 @@ class ExecutorSettings:
     warm_pool_size: int = env(
         "SANDMESH_WARM_POOL_SIZE", 1, "pre-started sandboxes per interpreted language; 0 disables"
     )
+    languages_file: str = env(
+        "SANDMESH_LANGUAGES_FILE", "", "language registry to use instead of the built-in one"
+    )
     heartbeat_interval_s: float = env(
         "SANDMESH_HEARTBEAT_INTERVAL_S", 2.0, "how often it announces itself to the scheduler"
     )

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import random
 import time
 from collections.abc import AsyncIterator
 
@@ -34,6 +35,10 @@ FETCH_WAIT_S = 5.0
 LANE_TURNS = ("interactive", "interactive", "interactive", "batch")
 # A lane with nothing ready answers within this; a ready job comes at once.
 LANE_PEEK_S = 0.02
+# Backoff of jobs handed back after an infrastructure failure (nak with a delay: a plain
+# nak would redeliver at once, and consumer backoff would replace ack_wait; see the docs).
+RETRY_BASE_S = 1.0
+RETRY_MAX_S = 30.0
 # How long a finished run's result is retried through a NATS outage before giving up.
 RESULT_RETRY_S = 120.0
 
@@ -134,6 +139,9 @@ class Worker:
                 # Stopped mid-run: hand the job back now rather than after ack_wait.
                 await asyncio.shield(msg.nak())
                 raise
+            if result.status == execution_pb2.EXECUTION_STATUS_SYSTEM_ERROR:
+                await self._retry_later(js, msg, job.execution_id, attempt, result.detail)
+                return
             await self._report(
                 js,
                 execution_pb2.JobResult(
@@ -157,6 +165,30 @@ class Worker:
             )
         finally:
             execution_id_var.reset(token)
+
+    async def _retry_later(
+        self, js: JetStreamContext, msg: Msg, execution_id: str, attempt: int, error: str
+    ) -> None:
+        """Our failure, not the program's: give the job back to be tried again, after an
+        exponential backoff with jitter, and say why. After max_deliver it is dead-lettered."""
+        delay = min(RETRY_MAX_S, RETRY_BASE_S * 2 ** (attempt - 1)) * random.uniform(0.5, 1.5)
+        log.warning(
+            "infrastructure failure; retrying later",
+            extra={"attempt": attempt, "delay_s": round(delay, 2), "error": error},
+        )
+        await self._publish_quietly(
+            js,
+            execution_pb2.ExecutionEvent(
+                execution_id=execution_id,
+                status=execution_pb2.StatusChange(
+                    status=execution_pb2.EXECUTION_STATUS_QUEUED,
+                    attempt=attempt,
+                    executor_id=self._executor_id,
+                    detail=error,
+                ),
+            ),
+        )
+        await msg.nak(delay=delay)
 
     async def _report(self, js: JetStreamContext, result: execution_pb2.JobResult) -> None:
         """Publish the result, retrying through a NATS outage: a run is never thrown away

@@ -72,7 +72,7 @@ def store_results(lifecycle: Lifecycle) -> Callable[[Msg], Awaitable[None]]:
 
 
 def record_status(lifecycle: Lifecycle) -> Callable[[Msg], Awaitable[None]]:
-    """Mirror RUNNING events from executors into the executions table."""
+    """Mirror executors' RUNNING events, and retried attempts' errors, into the table."""
 
     async def handle(msg: Msg) -> None:
         event = execution_pb2.ExecutionEvent.FromString(msg.data)
@@ -80,6 +80,8 @@ def record_status(lifecycle: Lifecycle) -> Callable[[Msg], Awaitable[None]]:
             await lifecycle.store.mark_running(
                 event.execution_id, event.status.attempt, event.status.executor_id
             )
+        elif event.status.status == execution_pb2.EXECUTION_STATUS_QUEUED and event.status.detail:
+            await lifecycle.store.mark_retrying(event.execution_id, event.status.detail)
 
     return handle
 

@@ -269,6 +269,15 @@ class ExecutionStore:
             )
             return cursor.rowcount == 1
 
+    async def mark_retrying(self, execution_id: str, error: str) -> None:
+        """An attempt failed for our reasons and will be tried again: QUEUED, with why."""
+        async with self._pool.connection() as conn:
+            await conn.execute(
+                "UPDATE executions SET status = %s, last_error = %s"
+                " WHERE id = %s AND status IN (%s, %s)",
+                (statuses.QUEUED, error, uuid.UUID(execution_id), *statuses.OPEN),
+            )
+
     async def finish(
         self, execution_id: str, attempt: int, result: execution_pb2.ExecutionResult
     ) -> bool:
@@ -382,8 +391,9 @@ class ExecutionStore:
         )
         async with self._pool.connection() as conn:
             await conn.execute(
-                "INSERT INTO dead_letters (id, execution_id, tenant, reason, deliveries)"
-                " SELECT %s, id, tenant, %s, %s FROM executions WHERE id = %s"
+                "INSERT INTO dead_letters (id, execution_id, tenant, reason, last_error,"
+                " deliveries) SELECT %s, id, tenant, %s, last_error, %s FROM executions"
+                " WHERE id = %s"
                 " ON CONFLICT (execution_id) DO NOTHING",
                 (uuid.uuid4(), reason, deliveries, key),
             )

@@ -37,19 +37,21 @@ class Island:
     executors: list[ServiceProcess] = field(default_factory=list)
     gateways: list[ServiceProcess] = field(default_factory=list)
 
-    def start_executor(self) -> ServiceProcess:
+    def start_executor(self, ready: bool = True, **overrides: str) -> ServiceProcess:
         port = free_port()
         env = {
             **self.env,
             "SANDMESH_EXECUTOR_PORT": str(port),
             "SANDMESH_EXECUTOR_CONCURRENCY": "1",
+            **overrides,
         }
         executor = ServiceProcess(
             "executor", port, env, self.log_dir / f"executor-{len(self.executors)}.log"
         )
         executor.start()
         self.executors.append(executor)
-        wait_ready(executor)
+        if ready:
+            wait_ready(executor)
         return executor
 
     def start_gateway(self) -> ServiceProcess:

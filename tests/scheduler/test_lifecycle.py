@@ -21,6 +21,7 @@ from sandmesh.execution.v1 import execution_pb2
 from sandmesh.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 from sandmesh_queue import messages, subjects
 from sandmesh_runtime.errors import details_of
+from services.executor import languages
 from tests.conftest import Servers
 from tests.scheduler.conftest import MAX_QUEUED_PER_TENANT, Island
 
@@ -347,3 +348,31 @@ async def test_registry_marks_a_silent_executor_dead_and_requeues_its_run(
         scheduler, who, execution.id, {execution_pb2.EXECUTION_STATUS_COMPLETED}
     )
     assert done.result.stdout == b"ok\n" and done.attempt == 2
+
+
+async def test_infrastructure_failures_are_retried_with_backoff_then_dead_lettered(
+    scheduler: Stub, island: Island, tmp_path: Path
+) -> None:
+    # A real executor whose python3 toolchain is missing: every sandbox start fails, which
+    # is our failure, never the program's, so it is retried and never reported as a result.
+    registry = await asyncio.to_thread(Path(languages.REGISTRY_FILE).read_text)
+    broken = tmp_path / "languages.toml"
+    await asyncio.to_thread(
+        broken.write_text,
+        registry.replace('run = ["/usr/bin/python3"', 'run = ["/nonexistent/python3"'),
+    )
+    island.start_executor(
+        ready=False, SANDMESH_LANGUAGES_FILE=str(broken), SANDMESH_WARM_POOL_SIZE="0"
+    )
+    who = tenant()
+    execution = await enqueue(scheduler, who)
+    final = await wait_status(
+        scheduler, who, execution.id, {execution_pb2.EXECUTION_STATUS_SYSTEM_ERROR}, timeout=30
+    )
+    assert "dead-letter" in final.result.detail
+    assert final.attempt == 2
+    listed = await scheduler.ListDeadLetters(
+        scheduler_pb2.ListDeadLettersRequest(tenant=who), timeout=5
+    )
+    (letter,) = listed.dead_letters
+    assert "nonexistent" in letter.last_error or "setup failed" in letter.last_error, letter

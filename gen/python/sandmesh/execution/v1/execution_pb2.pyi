@@ -398,11 +398,14 @@ class StatusChange(_message.Message):
     QUEUE_POSITION_FIELD_NUMBER: _builtins.int
     ATTEMPT_FIELD_NUMBER: _builtins.int
     EXECUTOR_ID_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
     status: Global___ExecutionStatus.ValueType
     queue_position: _builtins.int
     attempt: _builtins.int
     executor_id: _builtins.str
     """The executor that reported RUNNING."""
+    detail: _builtins.str
+    """Why an attempt went back to QUEUED (an infrastructure failure, retried)."""
     def __init__(
         self,
         *,
@@ -410,10 +413,11 @@ class StatusChange(_message.Message):
         queue_position: _builtins.int = ...,
         attempt: _builtins.int = ...,
         executor_id: _builtins.str = ...,
+        detail: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "executor_id", b"executor_id", "queue_position", b"queue_position", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "detail", b"detail", "executor_id", b"executor_id", "queue_position", b"queue_position", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
