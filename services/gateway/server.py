@@ -92,17 +92,25 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         breaker.succeeded()
         return result
 
-    async def _take_submission_token(self, context: Context) -> None:
-        """The tenant's rate limit, shared by every gateway replica through Postgres."""
-        caller = auth.current()
-        if caller.tier == "pro":
-            rate, burst = self._settings.pro_rate_per_s, self._settings.pro_burst
-        else:
-            rate, burst = self._settings.free_rate_per_s, self._settings.free_burst
+    def _rate(self) -> tuple[float, float]:
+        if auth.current().tier == "pro":
+            return self._settings.pro_rate_per_s, self._settings.pro_burst
+        return self._settings.free_rate_per_s, self._settings.free_burst
+
+    async def _rate_wait(self, context: Context) -> float:
+        """Take a submission token from the tenant's bucket, shared by every gateway replica
+        through Postgres; 0 when granted, else the seconds until one is there."""
+        rate, burst = self._rate()
         try:
-            wait_s = await self._tenants.take_token(f"submit:{caller.tenant}", rate, burst)
+            return await self._tenants.take_token(f"submit:{auth.current().tenant}", rate, burst)
         except Exception:
             await errors.unavailable(context, "the rate limiter is unavailable; denied")
+
+    async def _take_submission_token(self, context: Context) -> None:
+        """The tenant's rate limit: over it, RESOURCE_EXHAUSTED with when to come back."""
+        caller = auth.current()
+        rate, burst = self._rate()
+        wait_s = await self._rate_wait(context)
         if wait_s > 0:
             await errors.abort(
                 context,
@@ -166,41 +174,155 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         )
         return response.execution
 
-    async def SubmitExecution(
-        self, request: gateway_pb2.SubmitExecutionRequest, context: Context
-    ) -> gateway_pb2.SubmitExecutionResponse:
+    async def _submission_problems(
+        self, context: Context, request: gateway_pb2.SubmitExecutionRequest, prefix: str
+    ) -> list[tuple[str, str]]:
         problems = validation.execution_request(
             request.request,
-            "request",
+            f"{prefix}request",
             self._settings.max_source_bytes,
             self._settings.max_request_bytes,
         )
         if len(request.idempotency_key) > validation.MAX_KEY_LENGTH:
             problems.append(
                 (
-                    "idempotency_key",
+                    f"{prefix}idempotency_key",
                     f"must be at most {validation.MAX_KEY_LENGTH} characters,"
                     f" got {len(request.idempotency_key)}",
                 )
             )
         if not problems:
-            problems = await self._language_problems(context, request.request, "request")
-        if problems:
-            await errors.invalid_argument(context, problems)
-        await self._take_submission_token(context)
+            problems = await self._language_problems(context, request.request, f"{prefix}request")
+        return problems
+
+    def _enqueue_request(
+        self, request: gateway_pb2.SubmitExecutionRequest, deadline_s: float
+    ) -> scheduler_pb2.EnqueueRequest:
         deadline = Timestamp()
-        deadline.FromNanoseconds(int((time.time() + self._settings.queue_ttl_s) * 1e9))
-        enqueue = scheduler_pb2.EnqueueRequest(
+        deadline.FromNanoseconds(int(deadline_s * 1e9))
+        return scheduler_pb2.EnqueueRequest(
             tenant=auth.current().tenant,
             request=request.request,
             idempotency_key=request.idempotency_key,
             deadline=deadline,
         )
+
+    async def _submit(
+        self, context: Context, request: gateway_pb2.SubmitExecutionRequest, deadline_s: float
+    ) -> execution_pb2.Execution:
+        problems = await self._submission_problems(context, request, "")
+        if problems:
+            await errors.invalid_argument(context, problems)
+        await self._take_submission_token(context)
+        enqueue = self._enqueue_request(request, deadline_s)
         response = await self._forward(
             context, lambda timeout: self._scheduler.Enqueue(enqueue, timeout=timeout)
         )
         auth.note_target(response.execution.id)
-        return gateway_pb2.SubmitExecutionResponse(execution=response.execution)
+        return response.execution
+
+    async def SubmitExecution(
+        self, request: gateway_pb2.SubmitExecutionRequest, context: Context
+    ) -> gateway_pb2.SubmitExecutionResponse:
+        execution = await self._submit(context, request, time.time() + self._settings.queue_ttl_s)
+        return gateway_pb2.SubmitExecutionResponse(execution=execution)
+
+    async def RunExecution(
+        self, request: gateway_pb2.RunExecutionRequest, context: Context
+    ) -> gateway_pb2.RunExecutionResponse:
+        # The run must end by the caller's deadline: that is the job's deadline too.
+        deadline = deadlines.current()
+        if deadline is None:
+            await errors.invalid_argument(
+                context, [("deadline", "RunExecution needs a call deadline (a timeout)")]
+            )
+        submission = gateway_pb2.SubmitExecutionRequest(
+            request=request.request, idempotency_key=request.idempotency_key
+        )
+        execution = await self._submit(context, submission, deadline)
+        async for event in self._follow(context, execution.id, 0):
+            if event.HasField("result"):
+                break
+        return gateway_pb2.RunExecutionResponse(execution=await self._get(context, execution.id))
+
+    async def SubmitBatch(
+        self, request: gateway_pb2.SubmitBatchRequest, context: Context
+    ) -> gateway_pb2.SubmitBatchResponse:
+        if not 1 <= len(request.items) <= validation.MAX_BATCH:
+            await errors.invalid_argument(
+                context,
+                [
+                    (
+                        "items",
+                        f"must hold 1 to {validation.MAX_BATCH} items, got {len(request.items)}",
+                    )
+                ],
+            )
+        deadline_s = time.time() + self._settings.queue_ttl_s
+        results = []
+        for index, item in enumerate(request.items):
+            problems = await self._submission_problems(context, item, f"items[{index}].")
+            if problems:
+                results.append(
+                    _item_error(
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        "; ".join(f"{field}: {why}" for field, why in problems),
+                    )
+                )
+                continue
+            wait_s = await self._rate_wait(context)
+            if wait_s > 0:
+                results.append(
+                    _item_error(
+                        grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        f"over the tenant's rate limit; retry in {wait_s:.1f} s",
+                    )
+                )
+                continue
+            enqueue = self._enqueue_request(item, deadline_s)
+            results.append(
+                await self._item(
+                    lambda timeout, enqueue=enqueue: self._scheduler.Enqueue(  # type: ignore[misc]
+                        enqueue, timeout=timeout
+                    )
+                )
+            )
+        return gateway_pb2.SubmitBatchResponse(results=results)
+
+    async def BatchGetExecutions(
+        self, request: gateway_pb2.BatchGetExecutionsRequest, context: Context
+    ) -> gateway_pb2.BatchGetExecutionsResponse:
+        count = len(request.execution_ids)
+        if not 1 <= count <= validation.MAX_BATCH:
+            await errors.invalid_argument(
+                context,
+                [("execution_ids", f"must hold 1 to {validation.MAX_BATCH} ids, got {count}")],
+            )
+        tenant = auth.current().tenant
+        results = []
+        for execution_id in request.execution_ids:
+            get = scheduler_pb2.GetExecutionRequest(tenant=tenant, execution_id=execution_id)
+            results.append(
+                await self._item(
+                    lambda timeout, get=get: self._scheduler.GetExecution(  # type: ignore[misc]
+                        get, timeout=timeout
+                    )
+                )
+            )
+        return gateway_pb2.BatchGetExecutionsResponse(results=results)
+
+    async def _item(self, call: Callable[[float], Awaitable[Any]]) -> gateway_pb2.BatchItemResult:
+        """One batch item: its execution, or its own error; it never sinks the batch."""
+        breaker = self._breakers["scheduler"]
+        if not breaker.allow():
+            return _item_error(grpc.StatusCode.UNAVAILABLE, "the scheduler is unavailable")
+        try:
+            response = await call(deadlines.timeout(self._settings.downstream_timeout_s))
+        except grpc.aio.AioRpcError as error:
+            (breaker.failed if error.code() in DOWNSTREAM_FAULTS else breaker.succeeded)()
+            return _item_error(error.code(), error.details() or "")
+        breaker.succeeded()
+        return gateway_pb2.BatchItemResult(execution=response.execution)
 
     async def GetExecution(
         self, request: gateway_pb2.GetExecutionRequest, context: Context
@@ -259,6 +381,13 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             await errors.invalid_argument(context, [("execution_id", "must not be empty")])
         # Reading it first checks the id belongs to the caller's tenant.
         execution = await self._get(context, request.execution_id)
+        async for event in self._follow(context, execution.id, request.after_sequence):
+            yield gateway_pb2.WatchExecutionResponse(event=event)
+
+    async def _follow(
+        self, context: Context, execution_id: str, after_sequence: int
+    ) -> AsyncIterator[execution_pb2.ExecutionEvent]:
+        """The execution's events after `after_sequence`, in order, ending with its result."""
         try:
             js = self._queue.js
         except ConnectionError:
@@ -266,33 +395,35 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         config = (
             ConsumerConfig(
                 deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-                opt_start_seq=request.after_sequence + 1,
+                opt_start_seq=after_sequence + 1,
             )
-            if request.after_sequence
+            if after_sequence
             else None
         )
         subscription = await js.subscribe(
-            subjects.execution_events(execution.id), ordered_consumer=True, config=config
+            subjects.execution_events(execution_id), ordered_consumer=True, config=config
         )
         try:
             while True:
                 try:
                     msg = await subscription.next_msg(timeout=WATCH_RECHECK_S)
                 except nats.errors.TimeoutError:
-                    current = await self._get(context, execution.id)
+                    current = await self._get(context, execution_id)
                     if current.HasField("result") and current.result.status:
                         # No final event came (expired or never sent): end from the record.
-                        yield gateway_pb2.WatchExecutionResponse(
-                            event=execution_pb2.ExecutionEvent(
-                                execution_id=current.id, result=current.result
-                            )
+                        yield execution_pb2.ExecutionEvent(
+                            execution_id=current.id, result=current.result
                         )
                         return
                     continue
                 event = execution_pb2.ExecutionEvent.FromString(msg.data)
                 event.sequence = msg.metadata.sequence.stream
-                yield gateway_pb2.WatchExecutionResponse(event=event)
+                yield event
                 if event.HasField("result"):
                     return
         finally:
             await subscription.unsubscribe()
+
+
+def _item_error(code: grpc.StatusCode, message: str) -> gateway_pb2.BatchItemResult:
+    return gateway_pb2.BatchItemResult(error_code=code.value[0], error_message=message)

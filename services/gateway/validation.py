@@ -8,6 +8,7 @@ from sandmesh_contracts.files import is_plain_file_name
 Violations = list[tuple[str, str]]
 
 MAX_KEY_LENGTH = 200
+MAX_BATCH = 100
 
 
 def execution_request(
