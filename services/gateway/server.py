@@ -22,6 +22,7 @@ from sandmesh_queue.connection import Queue
 from sandmesh_runtime import deadlines, errors
 from sandmesh_runtime.resilience import CircuitBreaker
 from services.gateway import auth, languages, validation
+from services.gateway.sessions import SessionClosed, SessionStore, StaleRevision
 from services.gateway.settings import GatewaySettings
 from services.gateway.tenants import TenantStore
 
@@ -53,12 +54,14 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         scheduler: scheduler_pb2_grpc.SchedulerServiceAsyncStub,
         catalog: languages.LanguageCatalog,
         tenants: TenantStore,
+        sessions: SessionStore,
         queue: Queue,
         settings: GatewaySettings,
     ) -> None:
         self._scheduler = scheduler
         self._languages = catalog
         self._tenants = tenants
+        self._sessions = sessions
         self._queue = queue
         self._settings = settings
         self._breakers = {
@@ -137,9 +140,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         language = catalog.get(request.language)
         if language is None:
             known = ", ".join(sorted(catalog))
-            return [
-                (f"{prefix}.language", f"unknown language {request.language!r}; known: {known}")
-            ]
+            field = f"{prefix}.language" if prefix else "language"
+            return [(field, f"unknown language {request.language!r}; known: {known}")]
         return languages.limit_violations(language, request.limits, f"{prefix}.limits")
 
     async def ListLanguages(
@@ -208,17 +210,23 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         )
 
     async def _submit(
-        self, context: Context, request: gateway_pb2.SubmitExecutionRequest, deadline_s: float
+        self,
+        context: Context,
+        request: gateway_pb2.SubmitExecutionRequest,
+        deadline_s: float,
+        session_id: str = "",
     ) -> execution_pb2.Execution:
         problems = await self._submission_problems(context, request, "")
         if problems:
             await errors.invalid_argument(context, problems)
         await self._take_submission_token(context)
         enqueue = self._enqueue_request(request, deadline_s)
+        enqueue.session_id = session_id
         response = await self._forward(
             context, lambda timeout: self._scheduler.Enqueue(enqueue, timeout=timeout)
         )
-        auth.note_target(response.execution.id)
+        if not session_id:
+            auth.note_target(response.execution.id)
         return response.execution
 
     async def SubmitExecution(
@@ -373,6 +381,137 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             context, lambda timeout: self._scheduler.ReplayDeadLetter(replay, timeout=timeout)
         )
         return gateway_pb2.ReplayDeadLetterResponse(execution=response.execution)
+
+    async def _session(self, context: Context, session_id: str) -> gateway_pb2.Session:
+        if not session_id:
+            await errors.invalid_argument(context, [("session_id", "must not be empty")])
+        session = await self._sessions.get(auth.current().tenant, session_id)
+        if session is None:
+            await errors.abort(
+                context, grpc.StatusCode.NOT_FOUND, f"session {session_id!r} not found"
+            )
+        return session
+
+    async def CreateSession(
+        self, request: gateway_pb2.CreateSessionRequest, context: Context
+    ) -> gateway_pb2.CreateSessionResponse:
+        problems = validation.session_source(
+            request.language, request.source, self._settings.max_source_bytes
+        )
+        if not problems:
+            problems = await self._language_problems(
+                context, execution_pb2.ExecutionRequest(language=request.language), ""
+            )
+        if problems:
+            await errors.invalid_argument(context, problems)
+        session = await self._sessions.create(
+            auth.current().tenant, request.language, request.source
+        )
+        auth.note_target(session.id)
+        return gateway_pb2.CreateSessionResponse(session=session)
+
+    async def GetSession(
+        self, request: gateway_pb2.GetSessionRequest, context: Context
+    ) -> gateway_pb2.GetSessionResponse:
+        return gateway_pb2.GetSessionResponse(
+            session=await self._session(context, request.session_id)
+        )
+
+    async def UpdateSessionSource(
+        self, request: gateway_pb2.UpdateSessionSourceRequest, context: Context
+    ) -> gateway_pb2.UpdateSessionSourceResponse:
+        auth.note_target(request.session_id)
+        problems = validation.session_source(
+            "-", request.source, self._settings.max_source_bytes, allow_empty=True
+        )
+        if request.base_revision < 1:
+            problems.append(
+                (
+                    "base_revision",
+                    f"must be the revision being replaced, got {request.base_revision}",
+                )
+            )
+        if problems:
+            await errors.invalid_argument(context, problems)
+        try:
+            session = await self._sessions.save(
+                auth.current().tenant, request.session_id, request.source, request.base_revision
+            )
+        except StaleRevision as exc:
+            await errors.abort(context, grpc.StatusCode.ABORTED, str(exc))
+        except SessionClosed as exc:
+            await errors.abort(context, grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        if session is None:
+            await errors.abort(
+                context, grpc.StatusCode.NOT_FOUND, f"session {request.session_id!r} not found"
+            )
+        return gateway_pb2.UpdateSessionSourceResponse(session=session)
+
+    async def CloseSession(
+        self, request: gateway_pb2.CloseSessionRequest, context: Context
+    ) -> gateway_pb2.CloseSessionResponse:
+        auth.note_target(request.session_id)
+        await self._session(context, request.session_id)
+        session = await self._sessions.close(auth.current().tenant, request.session_id)
+        assert session is not None
+        return gateway_pb2.CloseSessionResponse(session=session)
+
+    async def ListSessionExecutions(
+        self, request: gateway_pb2.ListSessionExecutionsRequest, context: Context
+    ) -> gateway_pb2.ListSessionExecutionsResponse:
+        session = await self._session(context, request.session_id)
+        listing = scheduler_pb2.ListExecutionsRequest(
+            tenant=auth.current().tenant,
+            session_id=session.id,
+            page_size=request.page_size,
+            page_token=request.page_token,
+        )
+        response = await self._forward(
+            context, lambda timeout: self._scheduler.ListExecutions(listing, timeout=timeout)
+        )
+        return gateway_pb2.ListSessionExecutionsResponse(
+            executions=response.executions, next_page_token=response.next_page_token
+        )
+
+    async def RunSession(
+        self, request: gateway_pb2.RunSessionRequest, context: Context
+    ) -> gateway_pb2.RunSessionResponse:
+        auth.note_target(request.session_id)
+        session = await self._session(context, request.session_id)
+        if session.closed:
+            await errors.abort(
+                context, grpc.StatusCode.FAILED_PRECONDITION, f"session {session.id} is closed"
+            )
+        rate = self._settings.session_runs_per_minute
+        wait_s = await self._tenants.take_token(f"session:{session.id}", rate / 60.0, rate)
+        if wait_s > 0:
+            await errors.abort(
+                context,
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"session {session.id} is over its {rate:g} runs a minute",
+                errors.retry_info(wait_s),
+                error_details_pb2.QuotaFailure(
+                    violations=[
+                        error_details_pb2.QuotaFailure.Violation(
+                            subject=f"session:{session.id}",
+                            description=f"{rate:g} runs a minute",
+                        )
+                    ]
+                ),
+            )
+        submission = gateway_pb2.SubmitExecutionRequest(
+            request=execution_pb2.ExecutionRequest(
+                language=session.language,
+                source=session.source,
+                stdin=request.stdin,
+                args=request.args,
+                limits=request.limits,
+            )
+        )
+        execution = await self._submit(
+            context, submission, time.time() + self._settings.queue_ttl_s, session.id
+        )
+        return gateway_pb2.RunSessionResponse(execution=execution)
 
     async def WatchExecution(
         self, request: gateway_pb2.WatchExecutionRequest, context: Context

@@ -18,6 +18,7 @@ from sandmesh_runtime.tasks import TaskGroup
 from services.gateway.auth import Authenticator
 from services.gateway.languages import LanguageCatalog
 from services.gateway.server import GatewayServicer
+from services.gateway.sessions import SessionStore
 from services.gateway.settings import GatewaySettings
 from services.gateway.tenants import TenantStore
 
@@ -54,6 +55,7 @@ class Gateway:
             scheduler_pb2_grpc.SchedulerServiceStub(self.scheduler_channel),
             LanguageCatalog(executor_pb2_grpc.ExecutorServiceStub(self.executor_channel)),
             self.tenants,
+            SessionStore(self.pool),
             self.queue,
             self.settings,
         )

@@ -30,6 +30,9 @@ class GatewaySettings:
     max_request_bytes: int = env(
         "SANDMESH_MAX_REQUEST_BYTES", 768 * 1024, "source + files + stdin of one execution"
     )
+    session_runs_per_minute: float = env(
+        "SANDMESH_SESSION_RUNS_PER_MINUTE", 10.0, "runs one session may start a minute"
+    )
     nats_url: str = env("NATS_URL", "nats://127.0.0.1:4222", "NATS with JetStream (events)")
     max_source_bytes: int = env("SANDMESH_MAX_SOURCE_BYTES", 256 * 1024, "largest source")
     queue_ttl_s: float = env(

@@ -45,3 +45,18 @@ def execution_request(
             )
         )
     return problems
+
+
+def session_source(
+    language: str, source: str, max_source_bytes: int, allow_empty: bool = False
+) -> Violations:
+    """Problems with a session's language and source."""
+    problems: Violations = []
+    if not language:
+        problems.append(("language", "must not be empty"))
+    size = len(source.encode())
+    if not source and not allow_empty:
+        problems.append(("source", "must not be empty"))
+    elif size > max_source_bytes:
+        problems.append(("source", f"must be at most {max_source_bytes} bytes, got {size}"))
+    return problems

@@ -128,6 +128,22 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
             await _not_found(context, "execution", request.execution_id)
         return scheduler_pb2.CancelExecutionResponse(execution=execution)
 
+    async def ListExecutions(
+        self, request: scheduler_pb2.ListExecutionsRequest, context: Context
+    ) -> scheduler_pb2.ListExecutionsResponse:
+        page_size = request.page_size or 50
+        if page_size > MAX_PAGE_SIZE:
+            await errors.invalid_argument(
+                context, [("page_size", f"must be at most {MAX_PAGE_SIZE}, got {page_size}")]
+            )
+        try:
+            executions, token = await self._store.list_executions(
+                request.tenant, request.session_id or None, page_size, request.page_token
+            )
+        except ValueError:
+            await errors.invalid_argument(context, [("page_token", "is not a token we issued")])
+        return scheduler_pb2.ListExecutionsResponse(executions=executions, next_page_token=token)
+
     async def ListDeadLetters(
         self, request: scheduler_pb2.ListDeadLettersRequest, context: Context
     ) -> scheduler_pb2.ListDeadLettersResponse:

@@ -35,10 +35,7 @@ class Scheduler:
         self.tasks = TaskGroup()
 
     def register(self, server: grpc.aio.Server) -> Sequence[str]:
-        # RPCs not written yet fall through to the generated base: UNIMPLEMENTED.
-        servicer = SchedulerServicer(  # type: ignore[abstract]
-            self.lifecycle, self.registry, self.settings
-        )
+        servicer = SchedulerServicer(self.lifecycle, self.registry, self.settings)
         scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server(servicer, server)
         return [scheduler_pb2.DESCRIPTOR.services_by_name["SchedulerService"].full_name]
 

@@ -231,6 +231,35 @@ class ExecutionStore:
             row = await cursor.fetchone()
         return None if row is None else _to_proto(row)
 
+    async def list_executions(
+        self, tenant: str, session_id: str | None, page_size: int, page_token: str
+    ) -> tuple[list[execution_pb2.Execution], str]:
+        """A page of `tenant`'s executions (of one session, if given), newest first."""
+        after = decode_page_token(page_token) if page_token else None
+        async with self._pool.connection(timeout=deadlines.timeout(5.0)) as conn:
+            cursor = conn.cursor(row_factory=dict_row)
+            await cursor.execute(
+                f"SELECT {_COLUMNS} FROM executions WHERE tenant = %s"
+                " AND (%s::text IS NULL OR session_id = %s)"
+                " AND (%s::timestamptz IS NULL OR (created_at, id) < (%s, %s))"
+                " ORDER BY created_at DESC, id DESC LIMIT %s",
+                (
+                    tenant,
+                    session_id,
+                    session_id,
+                    after and after[0],
+                    after and after[0],
+                    after and after[1],
+                    page_size + 1,
+                ),
+            )
+            rows = await cursor.fetchall()
+        next_token = ""
+        if len(rows) > page_size:
+            last = rows[page_size - 1]
+            next_token = encode_page_token(last["created_at"], last["id"])
+        return [_to_proto(row) for row in rows[:page_size]], next_token
+
     async def queue_estimate(self, execution: execution_pb2.Execution) -> tuple[int, int]:
         """Jobs ahead in the same lane, and the wait they mean at the recent finish rate (ms)."""
         async with self._pool.connection(timeout=deadlines.timeout(5.0)) as conn:

@@ -34,7 +34,7 @@ async def test_rpcs_of_later_issues_answer_unimplemented(
     gateway: gateway_pb2_grpc.GatewayServiceAsyncStub,
 ) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await gateway.CreateSession(gateway_pb2.CreateSessionRequest(), timeout=5)
+        await gateway.Screenshot(gateway_pb2.ScreenshotRequest(), timeout=5)
     assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 

@@ -1,0 +1,2 @@
+DROP INDEX executions_session;
+DROP TABLE sessions;

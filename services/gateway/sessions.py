@@ -1,0 +1,124 @@
+"""Editing sessions: one program written and run over time, saved with revisions."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
+
+from sandmesh.gateway.v1 import gateway_pb2
+from sandmesh_runtime import deadlines
+
+_COLUMNS = "id, language, source, revision, closed, created_at, updated_at"
+
+
+class StaleRevision(Exception):
+    """The write named a revision that is no longer the latest."""
+
+    def __init__(self, given: int, latest: int) -> None:
+        super().__init__(
+            f"base_revision {given} is stale: the session is at revision {latest}; reload it"
+        )
+
+
+class SessionClosed(Exception):
+    """The session was closed; it can be read but not changed or run."""
+
+
+def _to_proto(row: dict[str, Any]) -> gateway_pb2.Session:
+    session = gateway_pb2.Session(
+        id=str(row["id"]),
+        language=row["language"],
+        source=row["source"],
+        revision=row["revision"],
+        closed=row["closed"],
+    )
+    for field in ("created_at", "updated_at"):
+        value = row[field]
+        if isinstance(value, datetime):
+            getattr(session, field).FromDatetime(value)
+    return session
+
+
+def _key(session_id: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(session_id)
+    except ValueError:
+        return None
+
+
+class SessionStore:
+    """Sessions of each tenant; another tenant's session is simply not there."""
+
+    def __init__(self, pool: AsyncConnectionPool) -> None:
+        self._pool = pool
+
+    async def create(self, tenant: str, language: str, source: str) -> gateway_pb2.Session:
+        async with self._pool.connection(timeout=deadlines.timeout(5.0)) as conn:
+            cursor = conn.cursor(row_factory=dict_row)
+            await cursor.execute(
+                "INSERT INTO sessions (id, tenant, language, source) VALUES (%s, %s, %s, %s)"
+                f" RETURNING {_COLUMNS}",
+                (uuid.uuid4(), tenant, language, source),
+            )
+            row = await cursor.fetchone()
+        assert row is not None
+        return _to_proto(row)
+
+    async def get(self, tenant: str, session_id: str) -> gateway_pb2.Session | None:
+        key = _key(session_id)
+        if key is None:
+            return None
+        async with self._pool.connection(timeout=deadlines.timeout(5.0)) as conn:
+            cursor = conn.cursor(row_factory=dict_row)
+            await cursor.execute(
+                f"SELECT {_COLUMNS} FROM sessions WHERE id = %s AND tenant = %s", (key, tenant)
+            )
+            row = await cursor.fetchone()
+        return None if row is None else _to_proto(row)
+
+    async def save(
+        self, tenant: str, session_id: str, source: str, base_revision: int
+    ) -> gateway_pb2.Session | None:
+        """Save a new source over `base_revision`; None when there is no such session.
+
+        Raises StaleRevision when a newer write got there first, SessionClosed when closed.
+        """
+        key = _key(session_id)
+        if key is None:
+            return None
+        async with self._pool.connection(timeout=deadlines.timeout(5.0)) as conn:
+            cursor = conn.cursor(row_factory=dict_row)
+            # Compare-and-set on the revision: a stale write changes nothing.
+            await cursor.execute(
+                "UPDATE sessions SET source = %s, revision = revision + 1, updated_at = now()"
+                " WHERE id = %s AND tenant = %s AND revision = %s AND NOT closed"
+                f" RETURNING {_COLUMNS}",
+                (source, key, tenant, base_revision),
+            )
+            row = await cursor.fetchone()
+        if row is not None:
+            return _to_proto(row)
+        current = await self.get(tenant, session_id)
+        if current is None:
+            return None
+        if current.closed:
+            raise SessionClosed(f"session {session_id} is closed")
+        raise StaleRevision(base_revision, current.revision)
+
+    async def close(self, tenant: str, session_id: str) -> gateway_pb2.Session | None:
+        key = _key(session_id)
+        if key is None:
+            return None
+        async with self._pool.connection(timeout=deadlines.timeout(5.0)) as conn:
+            cursor = conn.cursor(row_factory=dict_row)
+            await cursor.execute(
+                "UPDATE sessions SET closed = true, updated_at = now()"
+                f" WHERE id = %s AND tenant = %s RETURNING {_COLUMNS}",
+                (key, tenant),
+            )
+            row = await cursor.fetchone()
+        return None if row is None else _to_proto(row)
