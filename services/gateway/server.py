@@ -185,6 +185,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             self._settings.max_source_bytes,
             self._settings.max_request_bytes,
         )
+        problems += validation.text_problems({f"{prefix}idempotency_key": request.idempotency_key})
         if len(request.idempotency_key) > validation.MAX_KEY_LENGTH:
             problems.append(
                 (

@@ -21,6 +21,7 @@ def execution_request(
     problems: Violations = []
     if not request.language:
         problems.append((f"{prefix}.language", "must not be empty"))
+    problems += text_problems({f"{prefix}.language": request.language})
     source_bytes = len(request.source.encode())
     if not request.source:
         problems.append((f"{prefix}.source", "must not be empty"))
@@ -51,7 +52,7 @@ def session_source(
     language: str, source: str, max_source_bytes: int, allow_empty: bool = False
 ) -> Violations:
     """Problems with a session's language and source."""
-    problems: Violations = []
+    problems = text_problems({"language": language, "source": source})
     if not language:
         problems.append(("language", "must not be empty"))
     size = len(source.encode())
@@ -60,3 +61,12 @@ def session_source(
     elif size > max_source_bytes:
         problems.append(("source", f"must be at most {max_source_bytes} bytes, got {size}"))
     return problems
+
+
+def text_problems(fields: dict[str, str]) -> Violations:
+    """Text that Postgres cannot store: a NUL character."""
+    return [
+        (field, "must not contain NUL characters")
+        for field, value in fields.items()
+        if "\0" in value
+    ]
