@@ -21,6 +21,7 @@ from sandmesh_runtime.settings import env
 
 log = logging.getLogger("sandmesh.bootstrap")
 
+# The default bound on one gRPC message (SANDMESH_MAX_MESSAGE_BYTES overrides it).
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 
 
@@ -32,6 +33,9 @@ class RuntimeSettings:
     grace_s: float = env("SANDMESH_GRACE_S", 30.0, "how long in-flight calls may finish on stop")
     health_interval_s: float = env("SANDMESH_HEALTH_INTERVAL_S", 1.0, "readiness re-check period")
     log_level: str = env("SANDMESH_LOG_LEVEL", "INFO", "root log level")
+    max_message_bytes: int = env(
+        "SANDMESH_MAX_MESSAGE_BYTES", MAX_MESSAGE_BYTES, "largest gRPC message in or out"
+    )
 
 
 @runtime_checkable
@@ -72,8 +76,8 @@ async def serve(service: Service, port: int, runtime: RuntimeSettings) -> None:
             )
         ],
         options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", runtime.max_message_bytes),
+            ("grpc.max_send_message_length", runtime.max_message_bytes),
         ],
     )
     names = list(service.register(server))

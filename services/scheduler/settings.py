@@ -18,7 +18,7 @@ class SchedulerSettings:
         "SANDMESH_QUEUE_TTL_S", 600.0, "deadline of a job whose caller gave none"
     )
     max_queued_per_tenant: int = env(
-        "SANDMESH_MAX_QUEUED_PER_TENANT", 1000, "queued executions one tenant may have"
+        "SANDMESH_MAX_QUEUED_PER_TENANT", 1000, "open (queued or running) executions per tenant"
     )
     max_queued: int = env("SANDMESH_MAX_QUEUED", 10000, "queued executions in all")
     sweep_interval_s: float = env(

@@ -190,10 +190,11 @@ class ExecutionStore:
         return _to_proto(row)
 
     async def _check_depth(self, conn: AsyncConnection[Any], tenant: str) -> None:
+        """A tenant's open (queued or running) executions, and all queued ones, are bounded."""
         cursor = await conn.execute(
-            "SELECT count(*) FILTER (WHERE tenant = %s), count(*) FROM executions"
-            " WHERE status = %s",
-            (tenant, statuses.QUEUED),
+            "SELECT count(*) FILTER (WHERE tenant = %s),"
+            " count(*) FILTER (WHERE status = %s) FROM executions WHERE status IN (%s, %s)",
+            (tenant, statuses.QUEUED, *statuses.OPEN),
         )
         row = await cursor.fetchone()
         assert row is not None
