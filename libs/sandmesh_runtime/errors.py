@@ -50,6 +50,27 @@ async def invalid_argument(
     await abort(context, grpc.StatusCode.INVALID_ARGUMENT, summary, bad_request(violations))
 
 
+async def quota_exceeded(
+    context: grpc.aio.ServicerContext[Any, Any],
+    message: str,
+    subject: str,
+    limit: str,
+    retry_after: float,
+) -> NoReturn:
+    """Over a rate limit or quota: RESOURCE_EXHAUSTED with RetryInfo and QuotaFailure."""
+    await abort(
+        context,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        message,
+        retry_info(retry_after),
+        error_details_pb2.QuotaFailure(
+            violations=[
+                error_details_pb2.QuotaFailure.Violation(subject=subject, description=limit)
+            ]
+        ),
+    )
+
+
 async def unavailable(
     context: grpc.aio.ServicerContext[Any, Any], message: str, retry_after: float = 1.0
 ) -> NoReturn:

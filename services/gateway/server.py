@@ -10,7 +10,6 @@ from typing import Any, NoReturn, TypeAlias, TypeVar
 import grpc
 import nats.errors
 from google.protobuf.timestamp_pb2 import Timestamp
-from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
@@ -115,20 +114,13 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         rate, burst = self._rate()
         wait_s = await self._rate_wait(context)
         if wait_s > 0:
-            await errors.abort(
+            await errors.quota_exceeded(
                 context,
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"tenant {caller.tenant!r} is over its {caller.tier} rate of {rate:g}"
                 f" submissions per second",
-                errors.retry_info(wait_s),
-                error_details_pb2.QuotaFailure(
-                    violations=[
-                        error_details_pb2.QuotaFailure.Violation(
-                            subject=f"tenant:{caller.tenant}",
-                            description=f"{rate:g} submissions per second, bursts of {burst:g}",
-                        )
-                    ]
-                ),
+                f"tenant:{caller.tenant}",
+                f"{rate:g} submissions per second, bursts of {burst:g}",
+                wait_s,
             )
 
     async def _language_problems(
@@ -486,19 +478,12 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         rate = self._settings.session_runs_per_minute
         wait_s = await self._tenants.take_token(f"session:{session.id}", rate / 60.0, rate)
         if wait_s > 0:
-            await errors.abort(
+            await errors.quota_exceeded(
                 context,
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"session {session.id} is over its {rate:g} runs a minute",
-                errors.retry_info(wait_s),
-                error_details_pb2.QuotaFailure(
-                    violations=[
-                        error_details_pb2.QuotaFailure.Violation(
-                            subject=f"session:{session.id}",
-                            description=f"{rate:g} runs a minute",
-                        )
-                    ]
-                ),
+                f"session:{session.id}",
+                f"{rate:g} runs a minute",
+                wait_s,
             )
         submission = gateway_pb2.SubmitExecutionRequest(
             request=execution_pb2.ExecutionRequest(

@@ -9,7 +9,6 @@ from typing import Any, NoReturn, TypeAlias
 
 import grpc
 import psycopg
-from google.rpc import error_details_pb2
 
 from sandmesh.execution.v1 import execution_pb2
 from sandmesh.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
@@ -25,12 +24,21 @@ log = logging.getLogger("sandmesh.scheduler")
 
 Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 MAX_PAGE_SIZE = 100
+DEFAULT_PAGE_SIZE = 50
 # How long a caller refused for a full queue is asked to wait.
 QUEUE_FULL_RETRY_S = 2.0
 
 
 async def _not_found(context: Context, what: str, key: str) -> NoReturn:
     await errors.abort(context, grpc.StatusCode.NOT_FOUND, f"{what} {key!r} not found")
+
+
+async def _page_size(context: Context, asked: int) -> int:
+    if asked > MAX_PAGE_SIZE:
+        await errors.invalid_argument(
+            context, [("page_size", f"must be at most {MAX_PAGE_SIZE}, got {asked}")]
+        )
+    return asked or DEFAULT_PAGE_SIZE
 
 
 class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
@@ -48,18 +56,12 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         except IdempotencyConflict as exc:
             await errors.abort(context, grpc.StatusCode.ALREADY_EXISTS, str(exc))
         except QueueFull as exc:
-            await errors.abort(
+            await errors.quota_exceeded(
                 context,
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
                 str(exc),
-                errors.retry_info(QUEUE_FULL_RETRY_S),
-                error_details_pb2.QuotaFailure(
-                    violations=[
-                        error_details_pb2.QuotaFailure.Violation(
-                            subject=f"tenant:{new.tenant}", description=str(exc)
-                        )
-                    ]
-                ),
+                f"tenant:{new.tenant}",
+                f"{exc.limit} open executions",
+                QUEUE_FULL_RETRY_S,
             )
         except (ConnectionError, QueueUnavailable):
             await errors.unavailable(context, "the work queue is unavailable")
@@ -131,11 +133,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
     async def ListExecutions(
         self, request: scheduler_pb2.ListExecutionsRequest, context: Context
     ) -> scheduler_pb2.ListExecutionsResponse:
-        page_size = request.page_size or 50
-        if page_size > MAX_PAGE_SIZE:
-            await errors.invalid_argument(
-                context, [("page_size", f"must be at most {MAX_PAGE_SIZE}, got {page_size}")]
-            )
+        page_size = await _page_size(context, request.page_size)
         try:
             executions, token = await self._store.list_executions(
                 request.tenant, request.session_id or None, page_size, request.page_token
@@ -147,11 +145,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
     async def ListDeadLetters(
         self, request: scheduler_pb2.ListDeadLettersRequest, context: Context
     ) -> scheduler_pb2.ListDeadLettersResponse:
-        page_size = request.page_size or 50
-        if page_size > MAX_PAGE_SIZE:
-            await errors.invalid_argument(
-                context, [("page_size", f"must be at most {MAX_PAGE_SIZE}, got {page_size}")]
-            )
+        page_size = await _page_size(context, request.page_size)
         try:
             letters, token = await self._store.list_dead_letters(
                 request.tenant, page_size, request.page_token
