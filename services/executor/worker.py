@@ -142,6 +142,14 @@ class Worker:
             if result.status == execution_pb2.EXECUTION_STATUS_SYSTEM_ERROR:
                 await self._retry_later(js, msg, job.execution_id, attempt, result.detail)
                 return
+            log.info(
+                "job done",
+                extra={
+                    "status": execution_pb2.ExecutionStatus.Name(result.status),
+                    "warm": warm,
+                    "wall_time_ms": result.usage.wall_time_ms,
+                },
+            )
             await self._report(
                 js,
                 execution_pb2.JobResult(
@@ -154,15 +162,11 @@ class Worker:
             # Ack only once the result is stored by JetStream: a crash before this redelivers.
             # Confirmed (ack_sync) before this worker pulls again, so jobs pulled and not yet
             # acked never outnumber the workers.
-            await msg.ack_sync()
-            log.info(
-                "job done",
-                extra={
-                    "status": execution_pb2.ExecutionStatus.Name(result.status),
-                    "warm": warm,
-                    "wall_time_ms": result.usage.wall_time_ms,
-                },
-            )
+            try:
+                await msg.ack_sync()
+            except Exception as exc:
+                # The result is stored; the redelivery this causes is skipped, not run again.
+                log.warning("ack lost", extra={"error": str(exc)})
         finally:
             execution_id_var.reset(token)
 
