@@ -14,6 +14,8 @@ from typing import IO
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from sandmesh_devstack.ports import free_port
+
 # Start order: the gateway needs the scheduler, nothing needs the gateway.
 SERVICES = ("scheduler", "executor", "browser-pool", "gateway")
 DEFAULT_PORTS = {"gateway": 50051, "scheduler": 50052, "executor": 50053, "browser-pool": 50054}
@@ -53,6 +55,7 @@ class ServiceProcess:
     port: int
     env: dict[str, str]
     log_path: Path
+    metrics_port: int = 0
     process: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     _log: IO[bytes] | None = field(default=None, repr=False)
@@ -118,14 +121,21 @@ class Mesh:
             SANDMESH_HOST="127.0.0.1",
             SANDMESH_SCHEDULER_TARGET=f"127.0.0.1:{self.ports['scheduler']}",
             SANDMESH_EXECUTOR_TARGET=f"127.0.0.1:{self.ports['executor']}",
+            SANDMESH_BROWSER_POOL_TARGET=f"127.0.0.1:{self.ports['browser-pool']}",
             PYTHONUNBUFFERED="1",
         )
         env.update({_PORT_VARIABLE[name]: str(port) for name, port in self.ports.items()})
         env.update(extra_env or {})
-        self.services = {
-            name: ServiceProcess(name, self.ports[name], env, log_dir / f"{name}.log")
-            for name in SERVICES
-        }
+        self.services = {}
+        for name in SERVICES:
+            metrics_port = free_port()
+            self.services[name] = ServiceProcess(
+                name,
+                self.ports[name],
+                {**env, "SANDMESH_METRICS_PORT": str(metrics_port)},
+                log_dir / f"{name}.log",
+                metrics_port=metrics_port,
+            )
 
     def start(self) -> None:
         for service in self.services.values():

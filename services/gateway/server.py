@@ -13,6 +13,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_status import rpc_status
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
+from sandmesh.browser.v1 import browser_pb2, browser_pb2_grpc
 from sandmesh.execution.v1 import execution_pb2
 from sandmesh.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from sandmesh.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
@@ -51,6 +52,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     def __init__(
         self,
         scheduler: scheduler_pb2_grpc.SchedulerServiceAsyncStub,
+        browsers: browser_pb2_grpc.BrowserPoolServiceAsyncStub,
         catalog: languages.LanguageCatalog,
         tenants: TenantStore,
         sessions: SessionStore,
@@ -58,6 +60,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         settings: GatewaySettings,
     ) -> None:
         self._scheduler = scheduler
+        self._browsers = browsers
         self._languages = catalog
         self._tenants = tenants
         self._sessions = sessions
@@ -65,7 +68,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self._settings = settings
         self._breakers = {
             name: CircuitBreaker(name, failures=5, cooldown_s=settings.breaker_cooldown_s)
-            for name in ("scheduler", "executor")
+            for name in ("scheduler", "executor", "browser pool")
         }
 
     async def _forward(
@@ -99,20 +102,20 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             return self._settings.pro_rate_per_s, self._settings.pro_burst
         return self._settings.free_rate_per_s, self._settings.free_burst
 
-    async def _rate_wait(self, context: Context) -> float:
-        """Take a submission token from the tenant's bucket, shared by every gateway replica
+    async def _rate_wait(self, context: Context, kind: str = "submit") -> float:
+        """Take a `kind` token from the tenant's bucket, shared by every gateway replica
         through Postgres; 0 when granted, else the seconds until one is there."""
         rate, burst = self._rate()
         try:
-            return await self._tenants.take_token(f"submit:{auth.current().tenant}", rate, burst)
+            return await self._tenants.take_token(f"{kind}:{auth.current().tenant}", rate, burst)
         except Exception:
             await errors.unavailable(context, "the rate limiter is unavailable; denied")
 
-    async def _take_submission_token(self, context: Context) -> None:
+    async def _take_submission_token(self, context: Context, kind: str = "submit") -> None:
         """The tenant's rate limit: over it, RESOURCE_EXHAUSTED with when to come back."""
         caller = auth.current()
         rate, burst = self._rate()
-        wait_s = await self._rate_wait(context)
+        wait_s = await self._rate_wait(context, kind)
         if wait_s > 0:
             await errors.quota_exceeded(
                 context,
@@ -498,6 +501,52 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             context, submission, time.time() + self._settings.queue_ttl_s, session.id
         )
         return gateway_pb2.RunSessionResponse(execution=execution)
+
+    async def _browser_job(
+        self, context: Context, page: browser_pb2.PageOptions, call: Callable[[float], Awaitable[T]]
+    ) -> T:
+        """A browser job for the caller's tenant, under its quota and the pool's breaker."""
+        if not page.url:
+            await errors.invalid_argument(context, [("page.url", "must not be empty")])
+        await self._take_submission_token(context, "browser")
+        page.tenant = auth.current().tenant
+        return await self._forward(context, call, self._breakers["browser pool"])
+
+    async def Screenshot(
+        self, request: gateway_pb2.ScreenshotRequest, context: Context
+    ) -> gateway_pb2.ScreenshotResponse:
+        job = request.screenshot
+        response = await self._browser_job(
+            context, job.page, lambda timeout: self._browsers.Screenshot(job, timeout=timeout)
+        )
+        return gateway_pb2.ScreenshotResponse(screenshot=response)
+
+    async def Pdf(
+        self, request: gateway_pb2.PdfRequest, context: Context
+    ) -> gateway_pb2.PdfResponse:
+        job = request.pdf
+        response = await self._browser_job(
+            context, job.page, lambda timeout: self._browsers.Pdf(job, timeout=timeout)
+        )
+        return gateway_pb2.PdfResponse(pdf=response)
+
+    async def GetContent(
+        self, request: gateway_pb2.GetContentRequest, context: Context
+    ) -> gateway_pb2.GetContentResponse:
+        job = request.content
+        response = await self._browser_job(
+            context, job.page, lambda timeout: self._browsers.GetContent(job, timeout=timeout)
+        )
+        return gateway_pb2.GetContentResponse(content=response)
+
+    async def Evaluate(
+        self, request: gateway_pb2.EvaluateRequest, context: Context
+    ) -> gateway_pb2.EvaluateResponse:
+        job = request.evaluate
+        response = await self._browser_job(
+            context, job.page, lambda timeout: self._browsers.Evaluate(job, timeout=timeout)
+        )
+        return gateway_pb2.EvaluateResponse(evaluate=response)
 
     async def WatchExecution(
         self, request: gateway_pb2.WatchExecutionRequest, context: Context

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import grpc
 
+from sandmesh.browser.v1 import browser_pb2_grpc
 from sandmesh.executor.v1 import executor_pb2_grpc
 from sandmesh.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from sandmesh.scheduler.v1 import scheduler_pb2_grpc
@@ -35,6 +36,7 @@ class Gateway:
         self.tasks = TaskGroup()
         self.scheduler_channel: grpc.aio.Channel | None = None
         self.executor_channel: grpc.aio.Channel | None = None
+        self.browser_channel: grpc.aio.Channel | None = None
 
     def register(self, server: grpc.aio.Server) -> Sequence[str]:
         # Reads are idempotent, so the channel retries them; writes are never retried here.
@@ -50,9 +52,11 @@ class Gateway:
                 "sandmesh.executor.v1.ExecutorService", ["ListLanguages", "GetLanguage"]
             ),
         )
-        # RPCs not written yet fall through to the generated base: UNIMPLEMENTED.
-        servicer = GatewayServicer(  # type: ignore[abstract]
+        # Browser jobs are not idempotent for the caller's quota, so they are not retried.
+        self.browser_channel = clients.channel(self.settings.browser_pool_target)
+        servicer = GatewayServicer(
             scheduler_pb2_grpc.SchedulerServiceStub(self.scheduler_channel),
+            browser_pb2_grpc.BrowserPoolServiceStub(self.browser_channel),
             LanguageCatalog(executor_pb2_grpc.ExecutorServiceStub(self.executor_channel)),
             self.tenants,
             SessionStore(self.pool),
@@ -81,6 +85,6 @@ class Gateway:
         await self.tasks.stop()
         await self.queue.close()
         await self.pool.close()
-        for channel in (self.scheduler_channel, self.executor_channel):
+        for channel in (self.scheduler_channel, self.executor_channel, self.browser_channel):
             if channel is not None:
                 await channel.close()

@@ -11,6 +11,9 @@ from sandmesh_runtime.settings import env
 class GatewaySettings:
     port: int = env("SANDMESH_GATEWAY_PORT", 50051, "gRPC port")
     scheduler_target: str = env("SANDMESH_SCHEDULER_TARGET", "127.0.0.1:50052", "scheduler")
+    browser_pool_target: str = env(
+        "SANDMESH_BROWSER_POOL_TARGET", "127.0.0.1:50054", "the browser pool"
+    )
     executor_target: str = env(
         "SANDMESH_EXECUTOR_TARGET", "127.0.0.1:50053", "any executor (languages)"
     )

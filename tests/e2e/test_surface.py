@@ -30,14 +30,6 @@ def test_reflection_lists_the_service_and_health(mesh: Mesh, service: str) -> No
     assert {SERVICE_NAMES[service], "grpc.health.v1.Health"} <= listed
 
 
-async def test_rpcs_of_later_issues_answer_unimplemented(
-    gateway: gateway_pb2_grpc.GatewayServiceAsyncStub,
-) -> None:
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await gateway.Screenshot(gateway_pb2.ScreenshotRequest(), timeout=5)
-    assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
-
-
 async def test_languages_come_from_the_executors_with_real_versions(
     gateway: gateway_pb2_grpc.GatewayServiceAsyncStub,
 ) -> None:
