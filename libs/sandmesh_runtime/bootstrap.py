@@ -14,7 +14,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from sandmesh_runtime import deadlines, interceptors, settings
+from sandmesh_runtime import deadlines, interceptors, metrics, settings
 from sandmesh_runtime.health import Check, Health
 from sandmesh_runtime.logs import setup_logging
 from sandmesh_runtime.settings import env
@@ -33,6 +33,7 @@ class RuntimeSettings:
     grace_s: float = env("SANDMESH_GRACE_S", 30.0, "how long in-flight calls may finish on stop")
     health_interval_s: float = env("SANDMESH_HEALTH_INTERVAL_S", 1.0, "readiness re-check period")
     log_level: str = env("SANDMESH_LOG_LEVEL", "INFO", "root log level")
+    metrics_port: int = env("SANDMESH_METRICS_PORT", 0, "Prometheus scrape port; 0 turns it off")
     max_message_bytes: int = env(
         "SANDMESH_MAX_MESSAGE_BYTES", MAX_MESSAGE_BYTES, "largest gRPC message in or out"
     )
@@ -100,6 +101,7 @@ async def serve(service: Service, port: int, runtime: RuntimeSettings) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
 
+    metrics.serve(service.name, runtime.metrics_port)
     await health.start()
     await server.start()
     await service.start()

@@ -15,7 +15,7 @@ from typing import Any
 
 import grpc
 
-from sandmesh_runtime import deadlines
+from sandmesh_runtime import deadlines, metrics
 
 CallHook = Callable[[str, "grpc.aio.ServicerContext[Any, Any]"], AbstractAsyncContextManager[None]]
 
@@ -100,12 +100,16 @@ async def logging_hook(
         log.exception("rpc failed", extra={"method": method})
         raise
     finally:
+        elapsed = time.monotonic() - started
+        service = metrics.SERVICE["name"]
+        metrics.RPC_REQUESTS.labels(service, method, code.name).inc()
+        metrics.RPC_LATENCY.labels(service, method).observe(elapsed)
         log.info(
             "rpc",
             extra={
                 "method": method,
                 "code": code.name,
-                "duration_ms": round((time.monotonic() - started) * 1000, 2),
+                "duration_ms": round(elapsed * 1000, 2),
                 "time_left_ms": None if left is None else round(left * 1000, 1),
             },
         )

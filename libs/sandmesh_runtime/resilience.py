@@ -6,6 +6,8 @@ import logging
 import time
 from enum import StrEnum
 
+from sandmesh_runtime import metrics
+
 log = logging.getLogger("sandmesh.resilience")
 
 
@@ -63,4 +65,5 @@ class CircuitBreaker:
 
     def _set(self, state: BreakerState) -> None:
         log.warning("circuit breaker %s", state.value, extra={"downstream": self.name})
+        metrics.BREAKER_OPEN.labels(self.name).set(1 if state is BreakerState.OPEN else 0)
         self.state = state

@@ -15,6 +15,7 @@ import grpc
 from sandmesh.executor.v1 import executor_pb2, executor_pb2_grpc
 from sandmesh_queue import subjects
 from sandmesh_queue.connection import Queue
+from sandmesh_runtime import metrics
 from sandmesh_runtime.health import Check
 from sandmesh_runtime.tasks import TaskGroup
 from services.executor import languages, selftest
@@ -114,6 +115,8 @@ class Executor:
                 capacity=len(self.workers),
                 running=sum(w.running for w in self.workers),
             )
+            for language, idle in self.pools.idle().items():
+                metrics.WARM_POOL_IDLE.labels(language).set(idle)
             with contextlib.suppress(Exception):  # a missed beat is what the registry watches
                 await self.queue.nc.publish(subjects.HEARTBEAT_SUBJECT, beat.SerializeToString())
             await asyncio.sleep(self.settings.heartbeat_interval_s)

@@ -20,6 +20,7 @@ from sandmesh_contracts.files import is_plain_file_name
 from sandmesh_queue import messages, subjects
 from sandmesh_queue.connection import Queue
 from sandmesh_queue.streams import JOB_ACK_WAIT_S
+from sandmesh_runtime import metrics
 from sandmesh_runtime.logs import execution_id_var
 from services.executor import languages, pipeline, verdicts
 from services.executor.cancels import Cancellations
@@ -142,6 +143,9 @@ class Worker:
             if result.status == execution_pb2.EXECUTION_STATUS_SYSTEM_ERROR:
                 await self._retry_later(js, msg, job.execution_id, attempt, result.detail)
                 return
+            metrics.SANDBOX_RUN.labels(job.request.language, str(warm).lower()).observe(
+                result.usage.wall_time_ms / 1000
+            )
             log.info(
                 "job done",
                 extra={

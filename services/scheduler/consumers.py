@@ -10,8 +10,10 @@ import nats.errors
 from nats.aio.msg import Msg
 
 from sandmesh.execution.v1 import execution_pb2
+from sandmesh_contracts import statuses
 from sandmesh_queue import messages, subjects
 from sandmesh_queue.connection import Queue
+from sandmesh_runtime import metrics
 from services.scheduler.lifecycle import Lifecycle
 from services.scheduler.registry import Registry
 
@@ -56,6 +58,7 @@ def store_results(lifecycle: Lifecycle) -> Callable[[Msg], Awaitable[None]]:
             job_result.execution_id, job_result.attempt, job_result.result
         )
         if stored:
+            metrics.EXECUTIONS.labels(statuses.to_name(job_result.result.status)).inc()
             await messages.publish_event(
                 lifecycle.queue.js,
                 execution_pb2.ExecutionEvent(
@@ -103,6 +106,9 @@ async def sweep(
     while True:
         await lifecycle.requeue_lost(registry.newly_dead())
         await lifecycle.sweep(stuck_margin_s)
+        for lane, (depth, oldest_s) in (await lifecycle.store.queued_by_lane()).items():
+            metrics.QUEUE_DEPTH.labels(lane).set(depth)
+            metrics.QUEUE_OLDEST_AGE.labels(lane).set(oldest_s)
         await asyncio.sleep(interval_s)
 
 

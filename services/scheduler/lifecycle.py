@@ -16,6 +16,7 @@ from sandmesh.execution.v1 import execution_pb2
 from sandmesh_contracts import statuses
 from sandmesh_queue import messages, subjects
 from sandmesh_queue.connection import Queue
+from sandmesh_runtime import metrics
 from services.scheduler.store import Closed, ExecutionStore, NewExecution
 
 log = logging.getLogger("sandmesh.scheduler")
@@ -123,6 +124,7 @@ class Lifecycle:
             await js.delete_msg(subjects.JOBS_STREAM, seq)
 
     async def _closed(self, closed: Closed) -> None:
+        metrics.EXECUTIONS.labels(statuses.to_name(closed.execution.status)).inc()
         js = self.queue.js
         await self._tell_watchers(js, closed.execution.id, closed.execution.result)
         if closed.job_seq is not None:

@@ -16,6 +16,7 @@ from psycopg_pool import AsyncConnectionPool
 from sandmesh.execution.v1 import execution_pb2
 from sandmesh.scheduler.v1 import scheduler_pb2
 from sandmesh_contracts import statuses
+from sandmesh_queue import subjects
 from sandmesh_runtime import deadlines
 
 _COLUMNS = (
@@ -392,6 +393,19 @@ class ExecutionStore:
                 (statuses.QUEUED, statuses.RUNNING, executor_id),
             )
             return [row[0] for row in await cursor.fetchall()]
+
+    async def queued_by_lane(self) -> dict[str, tuple[int, float]]:
+        """Per lane: executions queued, and the age in seconds of the oldest of them."""
+        depth = {lane: (0, 0.0) for lane in subjects.LANES}
+        async with self._pool.connection() as conn:
+            cursor = await conn.execute(
+                "SELECT priority, count(*), extract(epoch FROM now() - min(created_at))"
+                " FROM executions WHERE status = %s GROUP BY priority",
+                (statuses.QUEUED,),
+            )
+            for lane, count, oldest in await cursor.fetchall():
+                depth[lane] = (int(count), float(oldest))
+        return depth
 
     async def lane_counts(self) -> dict[str, tuple[int, float]]:
         """Per lane: executions running now, and executions finished per second lately."""

@@ -1,0 +1,49 @@
+"""Prometheus metrics: one registry per process, one scrape endpoint per service."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+SERVICE = {"name": "unknown"}
+
+RPC_REQUESTS = Counter(
+    "sandmesh_rpc_requests_total",
+    "RPCs served, by method and status code",
+    ["service", "method", "code"],
+)
+RPC_LATENCY = Histogram(
+    "sandmesh_rpc_duration_seconds",
+    "Time to serve an RPC",
+    ["service", "method"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+EXECUTIONS = Counter(
+    "sandmesh_executions_finished_total", "Executions closed, by final status", ["status"]
+)
+QUEUE_DEPTH = Gauge("sandmesh_queue_depth", "Jobs waiting in a lane", ["lane"])
+QUEUE_OLDEST_AGE = Gauge(
+    "sandmesh_queue_oldest_age_seconds", "Age of the oldest queued execution", ["lane"]
+)
+SANDBOX_RUN = Histogram(
+    "sandmesh_sandbox_run_seconds",
+    "Wall time of one sandboxed run",
+    ["language", "warm"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+WARM_POOL_IDLE = Gauge(
+    "sandmesh_warm_pool_idle", "Started sandboxes waiting for a run", ["language"]
+)
+BROWSER_POOL = Gauge("sandmesh_browser_pool", "Browser pool occupancy", ["what"])
+BREAKER_OPEN = Gauge(
+    "sandmesh_breaker_open", "1 while a downstream's breaker is open", ["downstream"]
+)
+
+
+def serve(service: str, port: int) -> None:
+    """Label this process's metrics with `service` and expose them on `port` (0: not at all).
+
+    Process memory and CPU come with prometheus_client's default process collector.
+    """
+    SERVICE["name"] = service
+    if port:
+        start_http_server(port, addr="0.0.0.0")
