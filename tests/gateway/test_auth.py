@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import psycopg
 import pytest
 from google.rpc import error_details_pb2
 
@@ -44,6 +45,17 @@ def make_tenant(servers: Servers, tier: str = "pro") -> tuple[str, str, str]:
     key_id = out[0].split()[-1]
     key = out[1].split()[-1]
     return name, key_id, key
+
+
+async def dead_letter_of(servers: Servers, execution_id: str) -> str:
+    letter_id = str(uuid.uuid4())
+    async with await psycopg.AsyncConnection.connect(servers.postgres.url) as conn:
+        await conn.execute(
+            "INSERT INTO dead_letters (id, execution_id, tenant, reason, deliveries)"
+            " SELECT %s, id, tenant, 'test', 5 FROM executions WHERE id = %s",
+            (letter_id, uuid.UUID(execution_id)),
+        )
+    return letter_id
 
 
 def submit_request(source: str = "print('x')") -> gateway_pb2.SubmitExecutionRequest:
@@ -140,8 +152,20 @@ async def test_tenants_cannot_see_or_touch_each_others_executions(
             ):
                 pass
         assert watched.value.code() == grpc.StatusCode.NOT_FOUND
+        # A dead letter of A's (written as the scheduler writes one) is invisible to B.
+        letter_id = await dead_letter_of(servers, theirs_id)
         listed = await b.ListDeadLetters(gateway_pb2.ListDeadLettersRequest(), timeout=5)
         assert list(listed.dead_letters) == []
+        assert (
+            await code_of(
+                b.ReplayDeadLetter(
+                    gateway_pb2.ReplayDeadLetterRequest(dead_letter_id=letter_id), timeout=5
+                )
+            )
+            == grpc.StatusCode.NOT_FOUND
+        )
+        owned = await a.ListDeadLetters(gateway_pb2.ListDeadLettersRequest(), timeout=5)
+        assert [d.id for d in owned.dead_letters] == [letter_id]
         # The owner still sees it, untouched by the other tenant's cancel.
         own = await a.GetExecution(
             gateway_pb2.GetExecutionRequest(execution_id=theirs_id), timeout=5
