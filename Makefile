@@ -9,7 +9,8 @@ PROTOS := $(shell find protos -name '*.proto' | sort)
 GEN := gen/python
 
 # Debian packages: the sandbox and the toolchains it runs, Chromium for the browser pool,
-# and initdb/pg_ctl for throwaway Postgres clusters.
+# and initdb/pg_ctl for throwaway Postgres clusters. npm (for the Node.js client test) is
+# checked as a command: some Node.js builds bring their own.
 APT_PACKAGES := bubblewrap python3 nodejs gcc g++ golang-go default-jdk-headless php-cli ruby \
 	chromium postgresql redis-server
 
@@ -30,6 +31,7 @@ system:
 	@missing=""; \
 	for pkg in $(APT_PACKAGES); do dpkg -s $$pkg >/dev/null 2>&1 || missing="$$missing $$pkg"; done; \
 	$(PYTHON) -m venv --help >/dev/null 2>&1 && $(PYTHON) -c 'import ensurepip' 2>/dev/null || missing="$$missing python3-venv"; \
+	command -v npm >/dev/null 2>&1 || missing="$$missing npm"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
