@@ -28,7 +28,7 @@ from sandmesh.executor.v1 import executor_pb2, executor_pb2_grpc
 from sandmesh_db import migrate
 from sandmesh_devstack.mesh import SERVICES, Mesh
 from sandmesh_devstack.nats import LocalNats
-from sandmesh_devstack.ports import free_port
+from sandmesh_devstack.ports import free_ports
 from sandmesh_devstack.postgres import LocalPostgres
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -261,7 +261,7 @@ class Stack:
             self.base / f"logs-{label}",
             nats.url,
             database_url,
-            ports={name: free_port() for name in SERVICES},
+            ports=dict(zip(SERVICES, free_ports(len(SERVICES)), strict=True)),
             extra_env=env,
         )
         try:

@@ -19,7 +19,7 @@ from sandmesh.gateway.v1 import gateway_pb2_grpc
 from sandmesh_db import migrate
 from sandmesh_devstack.mesh import SERVICES, Mesh
 from sandmesh_devstack.nats import LocalNats
-from sandmesh_devstack.ports import free_port
+from sandmesh_devstack.ports import free_ports
 from sandmesh_devstack.postgres import LocalPostgres
 from services.gateway.tenants import TenantStore
 
@@ -60,7 +60,7 @@ def start_mesh(servers: Servers, log_dir: Path, extra_env: dict[str, str] | None
         log_dir,
         servers.nats.url,
         servers.postgres.url,
-        ports={name: free_port() for name in SERVICES},
+        ports=dict(zip(SERVICES, free_ports(len(SERVICES)), strict=True)),
         extra_env=extra_env,
     )
     mesh.start()

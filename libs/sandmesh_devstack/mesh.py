@@ -14,7 +14,7 @@ from typing import IO
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from sandmesh_devstack.ports import free_port
+from sandmesh_devstack.ports import free_ports
 
 # Start order: the gateway needs the scheduler, nothing needs the gateway.
 SERVICES = ("scheduler", "executor", "browser-pool", "gateway")
@@ -127,8 +127,8 @@ class Mesh:
         env.update({_PORT_VARIABLE[name]: str(port) for name, port in self.ports.items()})
         env.update(extra_env or {})
         self.services = {}
-        for name in SERVICES:
-            metrics_port = free_port()
+        metrics_ports = free_ports(len(SERVICES), avoid=set(self.ports.values()))
+        for name, metrics_port in zip(SERVICES, metrics_ports, strict=True):
             self.services[name] = ServiceProcess(
                 name,
                 self.ports[name],

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from sandmesh_devstack.mesh import SERVICES, Mesh, health_status
-from sandmesh_devstack.ports import free_port
+from sandmesh_devstack.ports import free_port, free_ports
 
 
 @pytest.mark.parametrize("service", SERVICES)
@@ -32,7 +32,7 @@ def test_readiness_is_not_serving_without_postgres_and_nats_and_answers_fast(
         tmp_path / "logs",
         dead_nats,
         dead_postgres,
-        ports={name: free_port() for name in SERVICES},
+        ports=dict(zip(SERVICES, free_ports(len(SERVICES)), strict=True)),
     )
     mesh.start()
     try:

@@ -22,7 +22,7 @@ from sandmesh.execution.v1 import execution_pb2
 from sandmesh.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from sandmesh_devstack.mesh import SERVICES, Mesh, health_status
 from sandmesh_devstack.nats import LocalNats
-from sandmesh_devstack.ports import free_port
+from sandmesh_devstack.ports import free_ports
 from tests.conftest import Servers
 
 OPEN = ("QUEUED", "RUNNING")
@@ -38,7 +38,7 @@ def fault_mesh(
         base / "logs",
         nats.url,
         servers.postgres.url,
-        ports={name: free_port() for name in SERVICES},
+        ports=dict(zip(SERVICES, free_ports(len(SERVICES)), strict=True)),
         extra_env={
             "SANDMESH_JOB_ACK_WAIT_S": "3",
             "SANDMESH_MAX_QUEUED_PER_TENANT": "5000",
