@@ -45,7 +45,9 @@ def servers(base: Path) -> Iterator[tuple[str, str]]:
             say(f"nats-server with JetStream at {nats_url} (log {nats.log_path})")
         database_url = os.environ.get("DATABASE_URL")
         if not database_url:
-            postgres = stack.enter_context(LocalPostgres.start(base / "postgres"))
+            postgres = LocalPostgres.start(base / "postgres")
+            # Throwaway: its cluster goes when make up stops, not just the server.
+            stack.callback(postgres.destroy)
             database_url = postgres.url
             say(f"throwaway Postgres at {database_url} (log {postgres.log_path})")
         yield nats_url, database_url
