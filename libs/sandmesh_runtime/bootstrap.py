@@ -93,7 +93,11 @@ async def serve(service: Service, port: int, runtime: RuntimeSettings) -> None:
         server,
     )
     address = f"{runtime.host}:{port}"
-    if server.add_insecure_port(address) == 0:
+    try:
+        bound = server.add_insecure_port(address)
+    except RuntimeError as exc:  # grpcio raises where older versions returned 0
+        raise OSError(f"cannot listen on {address}: {exc}") from None
+    if bound == 0:
         raise OSError(f"cannot listen on {address}")
 
     stopping = asyncio.Event()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from sandmesh_devstack.mesh import Mesh, health_status
@@ -116,3 +117,35 @@ def test_supervisor_restarts_a_service_that_dies(mesh: Mesh) -> None:
     assert restarted == [("browser-pool", -9)]
     mesh.wait_ready(30)
     assert health_status(service.target, "readiness") == "SERVING"
+
+
+def test_sandmesh_run_streams_output_while_the_program_runs_with_progress(
+    mesh: Mesh, servers: Servers, tmp_path: Path
+) -> None:
+    program = tmp_path / "slow.py"
+    program.write_text("import time\nprint('first', flush=True)\ntime.sleep(2)\nprint('second')\n")
+    started = time.monotonic()
+    process = subprocess.Popen(
+        [
+            SANDMESH,
+            "run",
+            str(program),
+            "--progress",
+            "--gateway",
+            mesh.services["gateway"].target,
+            "--api-key",
+            servers.api_key,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    first = process.stdout.readline()
+    first_at = time.monotonic() - started
+    rest, progress = process.communicate(timeout=60)
+    ended_at = time.monotonic() - started
+    assert (first, rest) == (b"first\n", b"second\n")
+    assert ended_at - first_at > 1.5, "the first line must arrive while the program still runs"
+    assert process.returncode == 0
+    assert progress.startswith(b"sandmesh: queued"), progress
+    assert b"sandmesh: running" in progress

@@ -45,11 +45,26 @@ def _print_chunk(chunk: execution_pb2.OutputChunk) -> None:
     stream.flush()
 
 
+def _print_status(change: execution_pb2.StatusChange) -> None:
+    """Progress on stderr, so stdout stays the program's own."""
+    if change.status == execution_pb2.EXECUTION_STATUS_QUEUED:
+        ahead = change.queue_position
+        print(f"sandmesh: queued, {ahead} ahead" if ahead else "sandmesh: queued", file=sys.stderr)
+    elif change.status == execution_pb2.EXECUTION_STATUS_RUNNING:
+        print("sandmesh: running", file=sys.stderr)
+    sys.stderr.flush()
+
+
 async def _run(args: argparse.Namespace, request: execution_pb2.ExecutionRequest) -> int:
+    show_progress = args.progress or (args.progress is None and sys.stderr.isatty())
     async with client.connect(args.gateway, args.api_key) as channel:
         try:
             result = await client.run(
-                channel, request, timeout=args.timeout, on_output=_print_chunk
+                channel,
+                request,
+                timeout=args.timeout,
+                on_output=_print_chunk,
+                on_status=_print_status if show_progress else None,
             )
         except grpc.aio.AioRpcError as error:
             print(f"sandmesh: {error.code().name}: {error.details()}", file=sys.stderr)
@@ -180,6 +195,12 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("--stdin", help="file to feed to the program's standard input")
     add_gateway_option(run)
     run.add_argument("--timeout", type=float, default=120.0, help="seconds to wait in all")
+    run.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="show queue and run progress on stderr (default: when stderr is a terminal)",
+    )
 
     migrate = commands.add_parser("migrate", help="apply or revert database migrations")
     migrate.add_argument("direction", choices=["up", "down", "status"])

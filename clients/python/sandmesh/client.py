@@ -54,8 +54,10 @@ async def run(
     *,
     timeout: float = 120.0,
     on_output: OutputHandler | None = None,
+    on_status: Callable[[execution_pb2.StatusChange], None] | None = None,
 ) -> execution_pb2.ExecutionResult:
-    """Submit `request` and watch it to the end, passing output chunks to `on_output`.
+    """Submit `request` and watch it to the end, passing output chunks to `on_output` and
+    status changes (queued with its position, running) to `on_status`.
 
     Raises grpc.aio.AioRpcError when the gateway refuses the call.
     """
@@ -63,6 +65,13 @@ async def run(
     submitted = await gateway.SubmitExecution(
         gateway_pb2.SubmitExecutionRequest(request=request), timeout=timeout
     )
+    if on_status is not None:
+        on_status(
+            execution_pb2.StatusChange(
+                status=submitted.execution.status,
+                queue_position=submitted.execution.queue_position,
+            )
+        )
     async for response in gateway.WatchExecution(
         gateway_pb2.WatchExecutionRequest(execution_id=submitted.execution.id), timeout=timeout
     ):
@@ -71,6 +80,8 @@ async def run(
             pending = on_output(event.output)
             if pending is not None:
                 await pending
+        elif event.HasField("status") and on_status is not None:
+            on_status(event.status)
         elif event.HasField("result"):
             return event.result
     raise StreamEnded(f"the watch of {submitted.execution.id} ended without a result")
