@@ -23,7 +23,7 @@ from services.executor.cancels import Cancellations
 from services.executor.server import ExecutorServicer
 from services.executor.settings import ExecutorSettings
 from services.executor.warm import WarmPools
-from services.executor.worker import Worker
+from services.executor.worker import Ledger, Worker
 
 # Jobs running at SIGTERM get this long to finish; the rest are handed back to the queue.
 DRAIN_WAIT_S = 20.0
@@ -46,8 +46,9 @@ class Executor:
         self.queue = Queue(settings.nats_url, f"sandmesh-executor-{self.executor_id}")
         self.cancels = Cancellations()
         self.pools = WarmPools(self.registry, settings.warm_pool_size)
+        ledger = Ledger()
         self.workers = [
-            Worker(self.queue, self.registry, self.executor_id, self.cancels, self.pools)
+            Worker(self.queue, self.registry, self.executor_id, self.cancels, self.pools, ledger)
             for _ in range(max(1, settings.concurrency))
         ]
         self.tasks = TaskGroup()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import itertools
 import logging
@@ -78,6 +79,33 @@ async def _pull_one(subscription: JetStreamContext.PullSubscription, wait_s: flo
     return msg
 
 
+class Ledger:
+    """The executions this executor is running or has recently finished, shared by its
+    workers: a job delivered again (a lost ack, a broker restart) is never run twice here."""
+
+    def __init__(self, remember: int = 10_000) -> None:
+        self._running: dict[str, asyncio.Event] = {}
+        self._finished: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._remember = remember
+
+    def finished(self, execution_id: str) -> bool:
+        return execution_id in self._finished
+
+    def running(self, execution_id: str) -> asyncio.Event | None:
+        return self._running.get(execution_id)
+
+    def start(self, execution_id: str) -> None:
+        self._running[execution_id] = asyncio.Event()
+
+    def end(self, execution_id: str, reported: bool) -> None:
+        """The run is over; `reported` when its result reached JetStream."""
+        if reported:
+            self._finished[execution_id] = None
+            while len(self._finished) > self._remember:
+                self._finished.popitem(last=False)
+        self._running.pop(execution_id).set()
+
+
 class Worker:
     """Runs jobs one at a time; the executor starts as many workers as it has slots."""
 
@@ -88,12 +116,14 @@ class Worker:
         executor_id: str,
         cancels: Cancellations,
         pools: WarmPools,
+        ledger: Ledger,
     ) -> None:
         self._queue = queue
         self._registry = registry
         self._executor_id = executor_id
         self._cancels = cancels
         self._pools = pools
+        self._ledger = ledger
         self.running = 0
         self._draining = asyncio.Event()
 
@@ -130,49 +160,71 @@ class Worker:
         attempt = msg.metadata.num_delivered or 1
         token = execution_id_var.set(job.execution_id)
         try:
-            if attempt > 1 and await self._already_finished(js, job.execution_id):
-                await msg.ack_sync()
-                log.info("job skipped: its execution is already closed", extra={"attempt": attempt})
+            if await self._duplicate(js, msg, job.execution_id):
+                with contextlib.suppress(Exception):
+                    await msg.ack_sync()
+                log.info("job skipped: already run", extra={"attempt": attempt})
                 return
+            self._ledger.start(job.execution_id)
+            reported = False
             try:
-                result, warm = await self._execute(js, job, attempt, msg)
-            except asyncio.CancelledError:
-                # Stopped mid-run: hand the job back now rather than after ack_wait.
-                await asyncio.shield(msg.nak())
-                raise
-            if result.status == execution_pb2.EXECUTION_STATUS_SYSTEM_ERROR:
-                await self._retry_later(js, msg, job.execution_id, attempt, result.detail)
-                return
-            metrics.SANDBOX_RUN.labels(job.request.language, str(warm).lower()).observe(
-                result.usage.wall_time_ms / 1000
-            )
-            log.info(
-                "job done",
-                extra={
-                    "status": execution_pb2.ExecutionStatus.Name(result.status),
-                    "warm": warm,
-                    "wall_time_ms": result.usage.wall_time_ms,
-                },
-            )
-            await self._report(
-                js,
-                execution_pb2.JobResult(
-                    execution_id=job.execution_id,
-                    attempt=attempt,
-                    executor_id=self._executor_id,
-                    result=result,
-                ),
-            )
-            # Ack only once the result is stored by JetStream: a crash before this redelivers.
-            # Confirmed (ack_sync) before this worker pulls again, so jobs pulled and not yet
-            # acked never outnumber the workers.
-            try:
-                await msg.ack_sync()
-            except Exception as exc:
-                # The result is stored; the redelivery this causes is skipped, not run again.
-                log.warning("ack lost", extra={"error": str(exc)})
+                reported = await self._run_and_report(js, msg, job, attempt)
+            finally:
+                self._ledger.end(job.execution_id, reported)
         finally:
             execution_id_var.reset(token)
+
+    async def _duplicate(self, js: JetStreamContext, msg: Msg, execution_id: str) -> bool:
+        """Whether this delivery repeats a run already done (here or as the scheduler saw
+        it); a repeat of a run still going on here waits for it, heartbeating."""
+        running = self._ledger.running(execution_id)
+        if running is not None:
+            async with _heartbeat(msg):
+                await running.wait()
+        return self._ledger.finished(execution_id) or await self._already_finished(js, execution_id)
+
+    async def _run_and_report(
+        self, js: JetStreamContext, msg: Msg, job: execution_pb2.Job, attempt: int
+    ) -> bool:
+        """Run the job and report it; True when its result reached JetStream."""
+        try:
+            result, warm = await self._execute(js, job, attempt, msg)
+        except asyncio.CancelledError:
+            # Stopped mid-run: hand the job back now rather than after ack_wait.
+            await asyncio.shield(msg.nak())
+            raise
+        if result.status == execution_pb2.EXECUTION_STATUS_SYSTEM_ERROR:
+            await self._retry_later(js, msg, job.execution_id, attempt, result.detail)
+            return False
+        metrics.SANDBOX_RUN.labels(job.request.language, str(warm).lower()).observe(
+            result.usage.wall_time_ms / 1000
+        )
+        log.info(
+            "job done",
+            extra={
+                "status": execution_pb2.ExecutionStatus.Name(result.status),
+                "warm": warm,
+                "wall_time_ms": result.usage.wall_time_ms,
+            },
+        )
+        await self._report(
+            js,
+            execution_pb2.JobResult(
+                execution_id=job.execution_id,
+                attempt=attempt,
+                executor_id=self._executor_id,
+                result=result,
+            ),
+        )
+        # Ack only once the result is stored by JetStream: a crash before this redelivers.
+        # Confirmed (ack_sync) before this worker pulls again, so jobs pulled and not yet
+        # acked never outnumber the workers.
+        try:
+            await msg.ack_sync()
+        except Exception as exc:
+            # The result is stored; the redelivery this causes is skipped, not run again.
+            log.warning("ack lost", extra={"error": str(exc)})
+        return True
 
     async def _retry_later(
         self, js: JetStreamContext, msg: Msg, execution_id: str, attempt: int, error: str
