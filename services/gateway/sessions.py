@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 from typing import Any
 
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from sandmesh.gateway.v1 import gateway_pb2
+from sandmesh_db.rows import copy_times, parse_id
 from sandmesh_runtime import deadlines
 
 _COLUMNS = "id, language, source, revision, closed, created_at, updated_at"
@@ -36,18 +36,8 @@ def _to_proto(row: dict[str, Any]) -> gateway_pb2.Session:
         revision=row["revision"],
         closed=row["closed"],
     )
-    for field in ("created_at", "updated_at"):
-        value = row[field]
-        if isinstance(value, datetime):
-            getattr(session, field).FromDatetime(value)
+    copy_times(session, row, ("created_at", "updated_at"))
     return session
-
-
-def _key(session_id: str) -> uuid.UUID | None:
-    try:
-        return uuid.UUID(session_id)
-    except ValueError:
-        return None
 
 
 class SessionStore:
@@ -69,7 +59,7 @@ class SessionStore:
         return _to_proto(row)
 
     async def get(self, tenant: str, session_id: str) -> gateway_pb2.Session | None:
-        key = _key(session_id)
+        key = parse_id(session_id)
         if key is None:
             return None
         async with self._pool.connection(timeout=deadlines.timeout(5.0)) as conn:
@@ -87,7 +77,7 @@ class SessionStore:
 
         Raises StaleRevision when a newer write got there first, SessionClosed when closed.
         """
-        key = _key(session_id)
+        key = parse_id(session_id)
         if key is None:
             return None
         async with self._pool.connection(timeout=deadlines.timeout(5.0)) as conn:
@@ -110,7 +100,7 @@ class SessionStore:
         raise StaleRevision(base_revision, current.revision)
 
     async def close(self, tenant: str, session_id: str) -> gateway_pb2.Session | None:
-        key = _key(session_id)
+        key = parse_id(session_id)
         if key is None:
             return None
         async with self._pool.connection(timeout=deadlines.timeout(5.0)) as conn:

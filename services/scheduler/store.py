@@ -16,6 +16,7 @@ from psycopg_pool import AsyncConnectionPool
 from sandmesh.execution.v1 import execution_pb2
 from sandmesh.scheduler.v1 import scheduler_pb2
 from sandmesh_contracts import statuses
+from sandmesh_db.rows import copy_times, parse_id
 from sandmesh_queue import subjects
 from sandmesh_runtime import deadlines
 
@@ -83,18 +84,8 @@ def _to_proto(row: dict[str, Any]) -> execution_pb2.Execution:
     execution.request.ParseFromString(row["request"])
     if row["result"] is not None:
         execution.result.ParseFromString(row["result"])
-    for field in ("created_at", "started_at", "finished_at", "deadline"):
-        value = row[field]
-        if isinstance(value, datetime):
-            getattr(execution, field).FromDatetime(value)
+    copy_times(execution, row, ("created_at", "started_at", "finished_at", "deadline"))
     return execution
-
-
-def _as_uuid(value: str) -> uuid.UUID | None:
-    try:
-        return uuid.UUID(value)
-    except ValueError:
-        return None
 
 
 def encode_page_token(created_at: datetime, row_id: uuid.UUID) -> str:
@@ -221,7 +212,7 @@ class ExecutionStore:
 
     async def get(self, tenant: str, execution_id: str) -> execution_pb2.Execution | None:
         """One execution of `tenant`, or None (also for another tenant's id)."""
-        key = _as_uuid(execution_id)
+        key = parse_id(execution_id)
         if key is None:
             return None
         async with self._pool.connection(timeout=deadlines.timeout(5.0)) as conn:
@@ -347,7 +338,7 @@ class ExecutionStore:
 
     async def cancel(self, tenant: str, execution_id: str) -> Closed | None:
         """Close an open execution of `tenant` as CANCELLED; None when not open or unknown."""
-        key = _as_uuid(execution_id)
+        key = parse_id(execution_id)
         if key is None:
             return None
         closed = await self._close_where(
@@ -421,7 +412,7 @@ class ExecutionStore:
 
     async def dead_letter(self, execution_id: str, reason: str, deliveries: int) -> Closed | None:
         """Record a job that exhausted its deliveries and close it as SYSTEM_ERROR."""
-        key = _as_uuid(execution_id)
+        key = parse_id(execution_id)
         if key is None:
             return None
         closed = await self._close_where(
@@ -483,7 +474,7 @@ class ExecutionStore:
         self, tenant: str, dead_letter_id: str
     ) -> execution_pb2.ExecutionRequest | None:
         """The request of `tenant`'s dead letter not yet replayed; None otherwise."""
-        key = _as_uuid(dead_letter_id)
+        key = parse_id(dead_letter_id)
         if key is None:
             return None
         async with self._pool.connection(timeout=deadlines.timeout(5.0)) as conn:
