@@ -1,4 +1,5 @@
-"""Publishing the protobuf payloads of the queue, with their headers.
+"""Publishing the protobuf payloads of the queue, with their headers (the trace context
+included, so a consumer continues the publisher's trace).
 
 Every publish waits for JetStream's ack, so a message counts as sent only once it is stored.
 """
@@ -13,7 +14,7 @@ from nats.js.api import PubAck
 
 from sandmesh.execution.v1 import execution_pb2
 from sandmesh_queue import subjects
-from sandmesh_runtime import deadlines
+from sandmesh_runtime import deadlines, telemetry
 
 PUBLISH_TIMEOUT_S = 5.0
 
@@ -24,11 +25,15 @@ async def publish_job(js: JetStreamContext, job: execution_pb2.Job, lane: str) -
         subjects.job_subject(lane),
         job.SerializeToString(),
         timeout=deadlines.timeout(PUBLISH_TIMEOUT_S),
-        headers={
-            subjects.MSG_ID_HEADER: job.execution_id,
-            subjects.TENANT_HEADER: job.tenant,
-            deadlines.DEADLINE_HEADER: deadlines.to_header(job.deadline.ToMilliseconds() / 1000),
-        },
+        headers=telemetry.inject(
+            {
+                subjects.MSG_ID_HEADER: job.execution_id,
+                subjects.TENANT_HEADER: job.tenant,
+                deadlines.DEADLINE_HEADER: deadlines.to_header(
+                    job.deadline.ToMilliseconds() / 1000
+                ),
+            }
+        ),
     )
 
 
@@ -38,7 +43,9 @@ async def publish_result(js: JetStreamContext, result: execution_pb2.JobResult) 
         subjects.RESULTS_SUBJECT,
         result.SerializeToString(),
         timeout=PUBLISH_TIMEOUT_S,
-        headers={subjects.MSG_ID_HEADER: f"{result.execution_id}:{result.attempt}"},
+        headers=telemetry.inject(
+            {subjects.MSG_ID_HEADER: f"{result.execution_id}:{result.attempt}"}
+        ),
     )
 
 
@@ -59,6 +66,7 @@ async def publish_event(js: JetStreamContext, event: execution_pb2.ExecutionEven
         subjects.event_subject(event.execution_id, kind),
         event.SerializeToString(),
         timeout=PUBLISH_TIMEOUT_S,
+        headers=telemetry.inject({}),
     )
 
 

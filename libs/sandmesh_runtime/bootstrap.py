@@ -14,7 +14,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from sandmesh_runtime import deadlines, interceptors, metrics, settings
+from sandmesh_runtime import deadlines, interceptors, metrics, settings, telemetry
 from sandmesh_runtime.health import Check, Health
 from sandmesh_runtime.logs import setup_logging
 from sandmesh_runtime.settings import env
@@ -34,6 +34,9 @@ class RuntimeSettings:
     health_interval_s: float = env("SANDMESH_HEALTH_INTERVAL_S", 1.0, "readiness re-check period")
     log_level: str = env("SANDMESH_LOG_LEVEL", "INFO", "root log level")
     metrics_port: int = env("SANDMESH_METRICS_PORT", 0, "Prometheus scrape port; 0 turns it off")
+    otlp_endpoint: str = env(
+        "OTEL_EXPORTER_OTLP_ENDPOINT", "", "OTLP/gRPC collector for traces; empty keeps them in"
+    )
     max_message_bytes: int = env(
         "SANDMESH_MAX_MESSAGE_BYTES", MAX_MESSAGE_BYTES, "largest gRPC message in or out"
     )
@@ -41,7 +44,8 @@ class RuntimeSettings:
 
 @runtime_checkable
 class HasHooks(Protocol):
-    """A service with call hooks of its own (auth, say), run after deadline and logging."""
+    """A service with call hooks of its own (auth, say), run after tracing, deadline and
+    logging."""
 
     def hooks(self) -> Sequence[interceptors.CallHook]: ...
 
@@ -70,6 +74,7 @@ async def serve(service: Service, port: int, runtime: RuntimeSettings) -> None:
         interceptors=[
             interceptors.HookInterceptor(
                 [
+                    telemetry.tracing_hook,
                     deadlines.deadline_hook,
                     interceptors.logging_hook,
                     *(service.hooks() if isinstance(service, HasHooks) else ()),
@@ -129,9 +134,12 @@ def run(name: str, build: Callable[[], tuple[Service, int]]) -> None:
     try:
         runtime = settings.load(RuntimeSettings)
         setup_logging(name, runtime.log_level)
+        telemetry.setup_tracing(name, runtime.otlp_endpoint)
         service, port = build()
         asyncio.run(serve(service, port, runtime))
     except Exception as exc:
         log.critical("exiting: %s", exc, exc_info=True)
         print(f"sandmesh-{name}: fatal: {exc}", file=sys.stderr, flush=True)
         sys.exit(1)
+    finally:
+        telemetry.shutdown()

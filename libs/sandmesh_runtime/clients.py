@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import grpc
 
+from sandmesh_runtime import telemetry
 from sandmesh_runtime.bootstrap import MAX_MESSAGE_BYTES
 
 
@@ -34,7 +35,8 @@ def retry_config(service: str, methods: Sequence[str]) -> str:
 
 
 def channel(target: str, service_config: str | None = None) -> grpc.aio.Channel:
-    """An insecure channel to another Sandmesh service inside the mesh."""
+    """An insecure channel to another Sandmesh service inside the mesh; its calls carry the
+    caller's trace."""
     options: list[tuple[str, object]] = [
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -42,4 +44,6 @@ def channel(target: str, service_config: str | None = None) -> grpc.aio.Channel:
     ]
     if service_config:
         options += [("grpc.service_config", service_config), ("grpc.enable_retries", 1)]
-    return grpc.aio.insecure_channel(target, options=options)
+    return grpc.aio.insecure_channel(
+        target, options=options, interceptors=telemetry.client_interceptors()
+    )

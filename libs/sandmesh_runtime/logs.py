@@ -11,6 +11,8 @@ import time
 import traceback
 from typing import Any
 
+from sandmesh_runtime import telemetry
+
 execution_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "execution_id", default=None
 )
@@ -34,6 +36,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        ids = telemetry.current_ids()
+        if ids is not None:
+            entry["trace_id"], entry["span_id"] = ids
         execution_id = execution_id_var.get()
         if execution_id:
             entry["execution_id"] = execution_id

@@ -21,7 +21,7 @@ from sandmesh_contracts.files import is_plain_file_name
 from sandmesh_queue import messages, subjects
 from sandmesh_queue.connection import Queue
 from sandmesh_queue.streams import JOB_ACK_WAIT_S
-from sandmesh_runtime import metrics
+from sandmesh_runtime import metrics, telemetry
 from sandmesh_runtime.logs import execution_id_var
 from services.executor import languages, pipeline, verdicts
 from services.executor.cancels import Cancellations
@@ -160,17 +160,22 @@ class Worker:
         attempt = msg.metadata.num_delivered or 1
         token = execution_id_var.set(job.execution_id)
         try:
-            if await self._duplicate(js, msg, job.execution_id):
-                with contextlib.suppress(Exception):
-                    await msg.ack_sync()
-                log.info("job skipped: already run", extra={"attempt": attempt})
-                return
-            self._ledger.start(job.execution_id)
-            reported = False
-            try:
-                reported = await self._run_and_report(js, msg, job, attempt)
-            finally:
-                self._ledger.end(job.execution_id, reported)
+            with telemetry.consuming(
+                "execute job",
+                msg.headers,
+                **{"sandmesh.execution_id": job.execution_id, "sandmesh.attempt": str(attempt)},
+            ):
+                if await self._duplicate(js, msg, job.execution_id):
+                    with contextlib.suppress(Exception):
+                        await msg.ack_sync()
+                    log.info("job skipped: already run", extra={"attempt": attempt})
+                    return
+                self._ledger.start(job.execution_id)
+                reported = False
+                try:
+                    reported = await self._run_and_report(js, msg, job, attempt)
+                finally:
+                    self._ledger.end(job.execution_id, reported)
         finally:
             execution_id_var.reset(token)
 

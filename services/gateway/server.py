@@ -19,7 +19,7 @@ from sandmesh.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from sandmesh.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 from sandmesh_queue import subjects
 from sandmesh_queue.connection import Queue
-from sandmesh_runtime import deadlines, errors
+from sandmesh_runtime import deadlines, errors, telemetry
 from sandmesh_runtime.resilience import CircuitBreaker
 from services.gateway import auth, languages, validation
 from services.gateway.sessions import SessionClosed, SessionStore, StaleRevision
@@ -592,9 +592,11 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                     continue
                 event = execution_pb2.ExecutionEvent.FromString(msg.data)
                 event.sequence = msg.metadata.sequence.stream
-                yield event
                 if event.HasField("result"):
+                    telemetry.link_to_publisher(msg.headers)
+                    yield event
                     return
+                yield event
         finally:
             await subscription.unsubscribe()
 

@@ -13,7 +13,7 @@ from sandmesh.execution.v1 import execution_pb2
 from sandmesh_contracts import statuses
 from sandmesh_queue import messages, subjects
 from sandmesh_queue.connection import Queue
-from sandmesh_runtime import metrics
+from sandmesh_runtime import metrics, telemetry
 from services.scheduler.lifecycle import Lifecycle
 from services.scheduler.registry import Registry
 
@@ -40,7 +40,8 @@ async def consume(
             continue
         for msg in batch:
             try:
-                await handle(msg)
+                with telemetry.consuming(f"{stream} process", msg.headers):
+                    await handle(msg)
             except Exception:
                 # Postgres or NATS is away: hand the message back for a later try, not lost.
                 log.exception("handling failed; retrying later", extra={"consumer": durable})
