@@ -29,11 +29,17 @@ FETCH_WAIT_S = 1.0
 
 
 def _stream(name: str) -> StreamConfig:
-    return next(config for config in streams.STREAMS if config.name == name)
+    return next(
+        config for config in streams.stream_configs(streams.QueueSettings()) if config.name == name
+    )
 
 
 def _consumer(stream: str) -> ConsumerConfig:
-    return next(config for name, config in streams.CONSUMERS if name == stream)
+    return next(
+        config
+        for name, config in streams.consumer_configs(streams.QueueSettings())
+        if name == stream
+    )
 
 
 # Sandmesh's own JOBS/RESULTS settings (retention, storage, dedupe window, ack policy,

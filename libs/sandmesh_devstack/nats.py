@@ -23,7 +23,7 @@ import urllib.request
 from pathlib import Path
 from types import TracebackType
 
-from sandmesh_devstack.ports import free_port
+from sandmesh_devstack.ports import free_port, free_ports
 
 __all__ = ["LocalNats", "find_nats_server"]
 
@@ -57,11 +57,19 @@ class LocalNats:
     Use :meth:`start`; the constructor does not spawn anything.
     """
 
-    def __init__(self, data_dir: Path, port: int, monitor_port: int, binary: Path) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int,
+        monitor_port: int,
+        binary: Path,
+        cluster_args: list[str] | None = None,
+    ) -> None:
         self._data_dir = data_dir
         self._port = port
         self._monitor_port = monitor_port
         self._binary = binary
+        self._cluster_args = cluster_args or []
         self._proc: subprocess.Popen[bytes] | None = None
 
     # -- construction -------------------------------------------------------------------
@@ -90,6 +98,32 @@ class LocalNats:
                 raise
             return nats
         raise AssertionError("unreachable")
+
+    @classmethod
+    def cluster(cls, base_dir: Path, size: int = 3, ready_timeout: float = 30.0) -> list[LocalNats]:
+        """`size` JetStream servers routed into one cluster (as deploy/ runs three), for
+        replicated streams; node `i` keeps its state in `base_dir/node<i>`."""
+        binary = find_nats_server()
+        ports = free_ports(3 * size)
+        route_ports = ports[2 * size :]
+        routes = ",".join(f"nats://{_HOST}:{port}" for port in route_ports)
+        nodes = []
+        for i in range(size):
+            data_dir = (Path(base_dir) / f"node{i}").absolute()
+            data_dir.mkdir(parents=True, exist_ok=True)
+            args = ["--name", f"node{i}", "--cluster_name", "sandmesh"]
+            args += ["--cluster", f"nats://{_HOST}:{route_ports[i]}", "--routes", routes]
+            nodes.append(cls(data_dir, ports[i], ports[size + i], binary, args))
+        try:
+            for node in nodes:
+                node._spawn()
+            for node in nodes:
+                node.wait_ready(ready_timeout)
+        except BaseException:
+            for node in nodes:
+                node.kill()
+            raise
+        return nodes
 
     # -- properties ---------------------------------------------------------------------
 
@@ -213,6 +247,7 @@ class LocalNats:
             "-a", _HOST,
             "-p", str(self._port),
             "-m", str(self._monitor_port),
+            *self._cluster_args,
         ]  # fmt: skip
         with self.log_path.open("ab") as log:
             log.write(f"--- sandmesh_devstack: {' '.join(cmd)}\n".encode())

@@ -9,7 +9,7 @@ import nats
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
-from sandmesh_queue.streams import ensure_streams
+from sandmesh_queue.streams import QueueSettings, ensure_streams
 
 log = logging.getLogger("sandmesh.queue")
 
@@ -17,9 +17,10 @@ log = logging.getLogger("sandmesh.queue")
 class Queue:
     """A NATS connection with JetStream, which services may hold before it exists."""
 
-    def __init__(self, url: str, name: str) -> None:
+    def __init__(self, url: str, name: str, settings: QueueSettings) -> None:
         self.url = url
         self.name = name
+        self.settings = settings
         self._nc: Client | None = None
         self._lock = asyncio.Lock()
 
@@ -41,7 +42,7 @@ class Queue:
         async with self._lock:
             if self._nc is None:
                 await self._connect()
-                await ensure_streams(self.js)
+                await ensure_streams(self.js, self.settings)
         return self.js
 
     async def _connect(self, retry_every: float = 1.0) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-import os
+from dataclasses import dataclass
 
 from nats.js import JetStreamContext
 from nats.js.api import (
@@ -18,6 +18,7 @@ from nats.js.api import (
 from nats.js.errors import BadRequestError
 
 from sandmesh_queue import subjects
+from sandmesh_runtime.settings import SettingsError, env
 
 log = logging.getLogger("sandmesh.queue")
 
@@ -25,96 +26,131 @@ log = logging.getLogger("sandmesh.queue")
 DUPLICATE_WINDOW_S = 120.0
 EVENTS_MAX_AGE_S = 3600.0
 
-# An executor heartbeats with in_progress() well inside this; a silent one is presumed dead.
-# Both are settings so tests and small clusters can shorten the wait for redelivery.
-JOB_ACK_WAIT_S = float(os.environ.get("SANDMESH_JOB_ACK_WAIT_S", "30"))
-JOB_MAX_DELIVER = int(os.environ.get("SANDMESH_JOB_MAX_DELIVER", "5"))
 
-STREAMS = (
-    StreamConfig(
-        name=subjects.JOBS_STREAM,
-        subjects=["sandmesh.jobs.>"],
-        retention=RetentionPolicy.WORK_QUEUE,
-        storage=StorageType.FILE,
-        duplicate_window=DUPLICATE_WINDOW_S,
-        discard=DiscardPolicy.NEW,
-    ),
-    StreamConfig(
-        name=subjects.RESULTS_STREAM,
-        subjects=[subjects.RESULTS_SUBJECT],
-        retention=RetentionPolicy.WORK_QUEUE,
-        storage=StorageType.FILE,
-        duplicate_window=DUPLICATE_WINDOW_S,
-    ),
-    # Advisories are fire-and-forget; a stream keeps them until the scheduler has handled them.
-    StreamConfig(
-        name=subjects.ADVISORIES_STREAM,
-        subjects=[subjects.MAX_DELIVERIES_ADVISORY],
-        retention=RetentionPolicy.WORK_QUEUE,
-        storage=StorageType.FILE,
-    ),
-    StreamConfig(
-        name=subjects.EVENTS_STREAM,
-        subjects=["sandmesh.events.>"],
-        retention=RetentionPolicy.LIMITS,
-        storage=StorageType.FILE,
-        max_age=EVENTS_MAX_AGE_S,
-    ),
-)
+@dataclass(frozen=True)
+class QueueSettings:
+    """How the streams are kept and how long a job may go unacknowledged."""
 
-CONSUMERS = (
-    *(
+    # An executor heartbeats with in_progress() well inside ack_wait; a silent one is
+    # presumed dead and its job redelivered.
+    job_ack_wait_s: float = env(
+        "SANDMESH_JOB_ACK_WAIT_S", 30.0, "a job unacknowledged this long goes to another executor"
+    )
+    job_max_deliver: int = env(
+        "SANDMESH_JOB_MAX_DELIVER", 5, "deliveries of a job before it becomes a dead letter"
+    )
+    replicas: int = env(
+        "SANDMESH_STREAM_REPLICAS", 1, "copies of every stream in a NATS cluster (1 to 5)"
+    )
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.replicas <= 5:
+            raise SettingsError(f"SANDMESH_STREAM_REPLICAS must be 1 to 5, got {self.replicas}")
+        if self.job_ack_wait_s <= 0:
+            raise SettingsError(
+                f"SANDMESH_JOB_ACK_WAIT_S must be above 0, got {self.job_ack_wait_s}"
+            )
+        if self.job_max_deliver < 1:
+            raise SettingsError(
+                f"SANDMESH_JOB_MAX_DELIVER must be at least 1, got {self.job_max_deliver}"
+            )
+
+
+def stream_configs(settings: QueueSettings) -> tuple[StreamConfig, ...]:
+    """The four streams, each kept on `settings.replicas` servers."""
+    return (
+        StreamConfig(
+            name=subjects.JOBS_STREAM,
+            subjects=["sandmesh.jobs.>"],
+            retention=RetentionPolicy.WORK_QUEUE,
+            storage=StorageType.FILE,
+            num_replicas=settings.replicas,
+            duplicate_window=DUPLICATE_WINDOW_S,
+            discard=DiscardPolicy.NEW,
+        ),
+        StreamConfig(
+            name=subjects.RESULTS_STREAM,
+            subjects=[subjects.RESULTS_SUBJECT],
+            retention=RetentionPolicy.WORK_QUEUE,
+            storage=StorageType.FILE,
+            num_replicas=settings.replicas,
+            duplicate_window=DUPLICATE_WINDOW_S,
+        ),
+        # Advisories are fire-and-forget; a stream keeps them until the scheduler has handled them.
+        StreamConfig(
+            name=subjects.ADVISORIES_STREAM,
+            subjects=[subjects.MAX_DELIVERIES_ADVISORY],
+            retention=RetentionPolicy.WORK_QUEUE,
+            storage=StorageType.FILE,
+            num_replicas=settings.replicas,
+        ),
+        StreamConfig(
+            name=subjects.EVENTS_STREAM,
+            subjects=["sandmesh.events.>"],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            num_replicas=settings.replicas,
+            max_age=EVENTS_MAX_AGE_S,
+        ),
+    )
+
+
+def consumer_configs(settings: QueueSettings) -> tuple[tuple[str, ConsumerConfig], ...]:
+    """The durable consumers, as (stream, config)."""
+    return (
+        *(
+            (
+                subjects.JOBS_STREAM,
+                ConsumerConfig(
+                    durable_name=subjects.executor_consumer(lane),
+                    ack_policy=AckPolicy.EXPLICIT,
+                    ack_wait=settings.job_ack_wait_s,
+                    max_deliver=settings.job_max_deliver,
+                    filter_subject=subjects.job_subject(lane),
+                ),
+            )
+            for lane in subjects.LANES
+        ),
         (
-            subjects.JOBS_STREAM,
+            subjects.RESULTS_STREAM,
             ConsumerConfig(
-                durable_name=subjects.executor_consumer(lane),
+                durable_name=subjects.RESULTS_CONSUMER,
                 ack_policy=AckPolicy.EXPLICIT,
-                ack_wait=JOB_ACK_WAIT_S,
-                max_deliver=JOB_MAX_DELIVER,
-                filter_subject=subjects.job_subject(lane),
+                ack_wait=30.0,
+                filter_subject=subjects.RESULTS_SUBJECT,
             ),
-        )
-        for lane in subjects.LANES
-    ),
-    (
-        subjects.RESULTS_STREAM,
-        ConsumerConfig(
-            durable_name=subjects.RESULTS_CONSUMER,
-            ack_policy=AckPolicy.EXPLICIT,
-            ack_wait=30.0,
-            filter_subject=subjects.RESULTS_SUBJECT,
         ),
-    ),
-    (
-        subjects.EVENTS_STREAM,
-        ConsumerConfig(
-            durable_name=subjects.STATUS_CONSUMER,
-            ack_policy=AckPolicy.EXPLICIT,
-            ack_wait=30.0,
-            deliver_policy=DeliverPolicy.NEW,
-            filter_subject="sandmesh.events.*.status",
+        (
+            subjects.EVENTS_STREAM,
+            ConsumerConfig(
+                durable_name=subjects.STATUS_CONSUMER,
+                ack_policy=AckPolicy.EXPLICIT,
+                ack_wait=30.0,
+                deliver_policy=DeliverPolicy.NEW,
+                filter_subject="sandmesh.events.*.status",
+            ),
         ),
-    ),
-    (
-        subjects.ADVISORIES_STREAM,
-        ConsumerConfig(
-            durable_name=subjects.DEAD_LETTER_CONSUMER,
-            ack_policy=AckPolicy.EXPLICIT,
-            ack_wait=30.0,
+        (
+            subjects.ADVISORIES_STREAM,
+            ConsumerConfig(
+                durable_name=subjects.DEAD_LETTER_CONSUMER,
+                ack_policy=AckPolicy.EXPLICIT,
+                ack_wait=30.0,
+            ),
         ),
-    ),
-)
+    )
 
 
-async def ensure_streams(js: JetStreamContext) -> None:
+async def ensure_streams(js: JetStreamContext, settings: QueueSettings) -> None:
     """Create the streams and durable consumers, or bring existing ones up to date."""
-    for config in STREAMS:
+    consumers = consumer_configs(settings)
+    for config in stream_configs(settings):
         try:
             await js.add_stream(config)
         except BadRequestError:
             # The stream exists with another config: converge it on ours.
             await js.update_stream(config)
-    declared = {(stream, c.durable_name) for stream, c in CONSUMERS}
+    declared = {(stream, c.durable_name) for stream, c in consumers}
     for stream in (subjects.JOBS_STREAM,):
         # A work queue refuses overlapping consumers, so an undeclared one (from an older
         # layout) would block the declared ones: it goes.
@@ -122,7 +158,7 @@ async def ensure_streams(js: JetStreamContext) -> None:
             if (stream, info.name) not in declared:
                 log.warning("removing undeclared consumer", extra={"consumer": info.name})
                 await js.delete_consumer(stream, info.name)
-    for stream, consumer in CONSUMERS:
+    for stream, consumer in consumers:
         # add_consumer on an existing durable updates it in place, so this is idempotent.
         await js.add_consumer(stream, consumer)
-    log.info("streams ready", extra={"streams": [s.name for s in STREAMS]})
+    log.info("streams ready", extra={"replicas": settings.replicas})

@@ -15,8 +15,10 @@ import grpc
 from sandmesh.executor.v1 import executor_pb2, executor_pb2_grpc
 from sandmesh_queue import subjects
 from sandmesh_queue.connection import Queue
+from sandmesh_queue.streams import QueueSettings
 from sandmesh_runtime import metrics
 from sandmesh_runtime.health import Check
+from sandmesh_runtime.settings import load
 from sandmesh_runtime.tasks import TaskGroup
 from services.executor import languages, selftest
 from services.executor.cancels import Cancellations
@@ -43,7 +45,9 @@ class Executor:
             else languages.load()
         )
         self.versions: dict[str, str] = {}
-        self.queue = Queue(settings.nats_url, f"sandmesh-executor-{self.executor_id}")
+        self.queue = Queue(
+            settings.nats_url, f"sandmesh-executor-{self.executor_id}", load(QueueSettings)
+        )
         self.cancels = Cancellations()
         self.pools = WarmPools(self.registry, settings.warm_pool_size)
         ledger = Ledger()

@@ -20,7 +20,6 @@ from sandmesh.execution.v1 import execution_pb2
 from sandmesh_contracts.files import is_plain_file_name
 from sandmesh_queue import messages, subjects
 from sandmesh_queue.connection import Queue
-from sandmesh_queue.streams import JOB_ACK_WAIT_S
 from sandmesh_runtime import metrics, telemetry
 from sandmesh_runtime.logs import execution_id_var
 from services.executor import languages, pipeline, verdicts
@@ -31,7 +30,6 @@ from services.executor.warm import WarmPools
 log = logging.getLogger("sandmesh.executor")
 
 # in_progress() well inside ack_wait, so a live run is never redelivered to another executor.
-HEARTBEAT_S = JOB_ACK_WAIT_S / 3
 FETCH_WAIT_S = 5.0
 # Weighted turns: interactive first three times in four, so batch is slower, never starved.
 LANE_TURNS = ("interactive", "interactive", "interactive", "batch")
@@ -51,10 +49,11 @@ _STREAMS = {
 
 
 @contextlib.asynccontextmanager
-async def _heartbeat(msg: Msg) -> AsyncIterator[None]:
+async def _heartbeat(msg: Msg, ack_wait_s: float) -> AsyncIterator[None]:
     async def beat() -> None:
         while True:
-            await asyncio.sleep(HEARTBEAT_S)
+            # Three beats per ack_wait: one lost beat never costs the job.
+            await asyncio.sleep(ack_wait_s / 3)
             try:
                 await msg.in_progress()
             except Exception as exc:
@@ -184,7 +183,7 @@ class Worker:
         it); a repeat of a run still going on here waits for it, heartbeating."""
         running = self._ledger.running(execution_id)
         if running is not None:
-            async with _heartbeat(msg):
+            async with _heartbeat(msg, self._queue.settings.job_ack_wait_s):
                 await running.wait()
         return self._ledger.finished(execution_id) or await self._already_finished(js, execution_id)
 
@@ -355,7 +354,7 @@ class Worker:
                     ),
                 ),
             )
-            async with _heartbeat(msg):
+            async with _heartbeat(msg, self._queue.settings.job_ack_wait_s):
                 return await pipeline.execute(
                     spec, job.request, limits, forward, cancel, self._pools, deadline
                 )

@@ -12,9 +12,11 @@ from sandmesh.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from sandmesh.scheduler.v1 import scheduler_pb2_grpc
 from sandmesh_db import pool as db_pool
 from sandmesh_queue.connection import Queue
+from sandmesh_queue.streams import QueueSettings
 from sandmesh_runtime import clients
 from sandmesh_runtime.health import Check
 from sandmesh_runtime.interceptors import CallHook
+from sandmesh_runtime.settings import load
 from sandmesh_runtime.tasks import TaskGroup
 from services.gateway.auth import Authenticator
 from services.gateway.languages import LanguageCatalog
@@ -29,7 +31,7 @@ class Gateway:
 
     def __init__(self, settings: GatewaySettings) -> None:
         self.settings = settings
-        self.queue = Queue(settings.nats_url, "sandmesh-gateway")
+        self.queue = Queue(settings.nats_url, "sandmesh-gateway", load(QueueSettings))
         self.pool = db_pool.new_pool(settings.database_url)
         self.tenants = TenantStore(self.pool)
         self.authenticator = Authenticator(self.tenants, settings.auth_disabled)

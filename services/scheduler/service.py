@@ -10,7 +10,9 @@ import grpc
 from sandmesh.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 from sandmesh_db import pool as db_pool
 from sandmesh_queue.connection import Queue
+from sandmesh_queue.streams import QueueSettings
 from sandmesh_runtime.health import Check
+from sandmesh_runtime.settings import load
 from sandmesh_runtime.tasks import TaskGroup
 from services.scheduler import consumers
 from services.scheduler.lifecycle import Lifecycle
@@ -26,7 +28,7 @@ class Scheduler:
     def __init__(self, settings: SchedulerSettings) -> None:
         self.settings = settings
         self.pool = db_pool.new_pool(settings.database_url)
-        self.queue = Queue(settings.nats_url, "sandmesh-scheduler")
+        self.queue = Queue(settings.nats_url, "sandmesh-scheduler", load(QueueSettings))
         store = ExecutionStore(
             self.pool, QueueLimits(settings.max_queued_per_tenant, settings.max_queued)
         )

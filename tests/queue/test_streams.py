@@ -25,12 +25,13 @@ async def js(servers: Servers) -> AsyncIterator[nats.js.JetStreamContext]:
 
 
 async def test_ensure_streams_twice_changes_nothing(js: nats.js.JetStreamContext) -> None:
-    names = [str(s.name) for s in streams.STREAMS]
-    consumers = [(stream, str(c.durable_name)) for stream, c in streams.CONSUMERS]
-    await streams.ensure_streams(js)
+    settings = streams.QueueSettings()
+    names = [str(s.name) for s in streams.stream_configs(settings)]
+    consumers = [(stream, str(c.durable_name)) for stream, c in streams.consumer_configs(settings)]
+    await streams.ensure_streams(js, settings)
     first = {name: (await js.stream_info(name)).config for name in names}
     durable = {key: (await js.consumer_info(*key)).config for key in consumers}
-    await streams.ensure_streams(js)
+    await streams.ensure_streams(js, settings)
     assert {name: (await js.stream_info(name)).config for name in names} == first
     for key, before in durable.items():
         after = (await js.consumer_info(*key)).config
@@ -44,7 +45,7 @@ async def test_ensure_streams_twice_changes_nothing(js: nats.js.JetStreamContext
 
 
 async def test_republished_job_is_dropped_by_the_broker(js: nats.js.JetStreamContext) -> None:
-    await streams.ensure_streams(js)
+    await streams.ensure_streams(js, streams.QueueSettings())
     job = execution_pb2.Job(
         execution_id=str(uuid.uuid4()),
         tenant="t",
