@@ -1,12 +1,13 @@
 """deploy/, Dockerfile and docker-compose.yml, checked offline against the code they run.
 
-The kustomize base and the production overlay are rendered by a small renderer
-(`kustomize.py`), every object is validated against the Kubernetes OpenAPI schema of a
-pinned version (kubernetes-validate, strict: unknown fields fail), and the KEDA
-ScaledObject (a CRD, not in that schema) is checked by hand. Then the manifests are held to
-what the code does: probe services the health servicer serves, ports and environment
-variables the settings read, the security context every container must have, and the
-network each component may reach.
+The kustomize base, the production overlay and that overlay with the optional tracing
+component are rendered by a small renderer (`kustomize.py`), every object is validated
+against the Kubernetes OpenAPI schema of a pinned version (kubernetes-validate, strict:
+unknown fields fail), and the KEDA ScaledObject (a CRD, not in that schema) is checked by
+hand. Then the manifests are held to what the code does: probe services the health
+servicer serves, ports and environment variables the settings read, the security context
+every container must have, the network each component may reach, and who may scrape
+metrics or receive traces.
 """
 
 from __future__ import annotations
@@ -23,18 +24,29 @@ import pytest
 import yaml  # type: ignore[import-untyped]
 
 from sandmesh_queue import subjects
+from sandmesh_queue.streams import QueueSettings
 from sandmesh_runtime.bootstrap import RuntimeSettings
 from sandmesh_runtime.health import LIVENESS, READINESS
 from services.browser_pool.settings import BrowserPoolSettings
 from services.executor.settings import ExecutorSettings
 from services.gateway.settings import GatewaySettings
 from services.scheduler.settings import SchedulerSettings
-from tests.deploy.kustomize import Object, load_documents, merge, pod_spec, render
+from tests.deploy.kustomize import (
+    Object,
+    load_documents,
+    load_kustomization,
+    merge,
+    pod_spec,
+    render,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 BASE = DEPLOY / "base"
 PRODUCTION = DEPLOY / "overlays" / "production"
+TRACING = DEPLOY / "components" / "tracing"
+# What deploy/README.md tells an overlay to add to turn tracing on.
+TRACING_ENTRY = "../../components/tracing"
 
 KUBERNETES_VERSION = "1.33.0"
 NAMESPACE = "sandmesh"
@@ -47,16 +59,24 @@ SERVICES: dict[str, tuple[str, type[Any]]] = {
     "browser-pool": ("sandmesh-browser-pool", BrowserPoolSettings),
 }
 COMMAND_TO_COMPONENT = {command: component for component, (command, _) in SERVICES.items()}
-# Read with os.environ by sandmesh_queue.streams (the JOBS consumer), not a settings class.
-QUEUE_ENV = {"SANDMESH_JOB_ACK_WAIT_S", "SANDMESH_JOB_MAX_DELIVER"}
+# Read by every service that connects to NATS, since each declares the streams.
+QUEUE_ENV = {f.metadata["env"] for f in dataclasses.fields(QueueSettings)}
 EXTRA_ENV: dict[str, set[str]] = {
     "scheduler": QUEUE_ENV,
     "executor": QUEUE_ENV,
-    "gateway": set(),
+    "gateway": QUEUE_ENV,
     # Playwright's driver wants a writable HOME; the root filesystem is read-only.
     "browser-pool": {"HOME"},
 }
 GRPC_HEALTH_SERVICES = {"", LIVENESS, READINESS}
+
+# Every service serves Prometheus metrics here; only namespace `monitoring` may scrape them.
+METRICS_PORT = 9090
+SCRAPER = ("ns:monitoring", METRICS_PORT)
+# The tracing component: where spans go, and the one egress it opens for them.
+OTLP_ENDPOINT = "http://otel-collector.observability:4317"
+OTLP_POLICY = "otlp-egress"
+COLLECTOR = ("ns:observability", 4317)
 
 # What no browser may reach: private and cluster ranges, loopback, link-local (metadata).
 FORBIDDEN_FOR_BROWSERS = [
@@ -112,6 +132,10 @@ def rendered(name: str) -> list[Object]:
             RENDERED[name] = render(BASE)
         elif name == "production":
             RENDERED[name] = render(PRODUCTION)
+        elif name == "production-tracing":  # the overlay with the line the README documents
+            kustomization = load_kustomization(PRODUCTION)
+            assert "components" not in kustomization, "tracing is opt-in"
+            RENDERED[name] = render(PRODUCTION, {**kustomization, "components": [TRACING_ENTRY]})
         else:  # production with the optional gVisor patch
             objects = render(PRODUCTION)
             (patch,) = load_documents(PRODUCTION / "executor-gvisor.yaml")
@@ -124,7 +148,7 @@ def rendered(name: str) -> list[Object]:
     return RENDERED[name]
 
 
-VARIANTS = ["base", "production", "production-gvisor"]
+VARIANTS = ["base", "production", "production-gvisor", "production-tracing"]
 
 
 @pytest.fixture(params=VARIANTS)
@@ -158,7 +182,7 @@ def service_container(objects: list[Object], component: str) -> tuple[Object, Ob
 # ------------------------------------------------------------------------------ the schema
 
 
-@pytest.mark.parametrize("variant", ["base", "production"])
+@pytest.mark.parametrize("variant", ["base", "production", "production-tracing"])
 def test_every_object_is_valid_for_the_pinned_kubernetes(variant: str) -> None:
     checked = 0
     for obj in rendered(variant):
@@ -205,7 +229,10 @@ def test_service_runs_its_command_on_its_port(objects: list[Object], component: 
     _, container = service_container(objects, component)
     assert container["command"] == [command]
     port = port_default(settings)
-    assert [p["containerPort"] for p in container["ports"]] == [port]
+    assert [(p["name"], p["containerPort"]) for p in container["ports"]] == [
+        ("grpc", port),
+        ("metrics", METRICS_PORT),
+    ]
     env = {e["name"]: e for e in container.get("env", [])}
     (port_var,) = (f.metadata["env"] for f in dataclasses.fields(settings) if f.name == "port")
     if port_var in env:
@@ -235,6 +262,38 @@ def test_grpc_probes_ask_what_the_health_servicer_serves(
         assert probe["grpc"]["service"] in GRPC_HEALTH_SERVICES
         assert probe["grpc"]["service"] == service
         assert probe["grpc"]["port"] == port
+
+
+@pytest.mark.parametrize("component", SERVICES)
+def test_metrics_port_is_served_declared_and_scraped(objects: list[Object], component: str) -> None:
+    _, container = service_container(objects, component)
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    (declared,) = [p["containerPort"] for p in container["ports"] if p["name"] == "metrics"]
+    assert env["SANDMESH_METRICS_PORT"] == str(declared)
+    assert declared == METRICS_PORT  # the port the `metrics` NetworkPolicy opens
+    pod = find(objects, "Deployment", component)["spec"]["template"]["metadata"]
+    assert pod["annotations"] == {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": str(declared),
+        "prometheus.io/path": "/metrics",
+    }
+    # Scraped per pod: the Service neither carries the port nor asks for a second scrape.
+    service = find(objects, "Service", component)
+    assert declared not in [p["port"] for p in service["spec"]["ports"]]
+    assert not any(
+        k.startswith("prometheus.io/") for k in service["metadata"].get("annotations", {})
+    )
+
+
+def test_streams_are_replicated_on_every_nats_node(objects: list[Object]) -> None:
+    nats_nodes = find(objects, "StatefulSet", "nats")["spec"]["replicas"]
+    declared = {}
+    for component in ("gateway", "scheduler", "executor"):
+        _, container = service_container(objects, component)
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        declared[component] = int(env["SANDMESH_STREAM_REPLICAS"])
+    assert set(declared.values()) == {nats_nodes}, (declared, nats_nodes)
+    QueueSettings(replicas=nats_nodes)  # a value the services accept
 
 
 @pytest.mark.parametrize("component", SERVICES)
@@ -392,8 +451,45 @@ def is_dns(rule: Object) -> bool:
     )
 
 
+def namespace_of(peer: Object) -> str:
+    """'ns:<name>' for a peer that is a whole namespace, picked by its name label."""
+    assert set(peer) == {"namespaceSelector"}, peer
+    selector = peer["namespaceSelector"]
+    assert set(selector) == {"matchLabels"}, peer
+    ((key, name),) = selector["matchLabels"].items()
+    assert key == "kubernetes.io/metadata.name", peer
+    return f"ns:{name}"
+
+
+def admitted(objects: list[Object], component: str) -> set[tuple[str, int]]:
+    """(peer component, 'ns:<namespace>' or 'any', port) pairs that may connect to
+    `component`."""
+    labels = pod_labels(objects)
+    out: set[tuple[str, int]] = set()
+    for rule in rules(objects, component, "Ingress"):
+        ports = [p["port"] for p in rule.get("ports", [])]
+        assert ports, f"{component}: an ingress rule without ports"
+        sources = peers(rule, "Ingress")
+        names = ["any"] if not sources else []
+        for peer in sources:
+            if "namespaceSelector" in peer:
+                names.append(namespace_of(peer))
+                continue
+            assert set(peer) == {"podSelector"}, f"{component}: ingress beyond pods: {peer}"
+            names += [c for c, lab in labels.items() if selects(peer["podSelector"], lab)]
+        out |= {(name, port) for name in names for port in ports}
+    return out
+
+
+def otlp(objects: list[Object]) -> set[tuple[str, int]]:
+    """What the tracing component lets the services reach: the collector, if it is there."""
+    names = {o["metadata"]["name"] for o in objects if o["kind"] == "NetworkPolicy"}
+    return {COLLECTOR} if OTLP_POLICY in names else set()
+
+
 def reached(objects: list[Object], component: str) -> set[tuple[str, int]]:
-    """(peer component, 'cidr:<range>' or 'any', port) pairs `component` may reach, no DNS."""
+    """(peer component, 'ns:<namespace>', 'cidr:<range>' or 'any', port) pairs `component`
+    may reach, no DNS."""
     labels = pod_labels(objects)
     out: set[tuple[str, int]] = set()
     for rule in rules(objects, component, "Egress"):
@@ -407,6 +503,9 @@ def reached(objects: list[Object], component: str) -> set[tuple[str, int]]:
             if "ipBlock" in peer:
                 assert set(peer) == {"ipBlock"} and "except" not in peer["ipBlock"]
                 names.append(f"cidr:{peer['ipBlock']['cidr']}")
+                continue
+            if "namespaceSelector" in peer:
+                names.append(namespace_of(peer))
                 continue
             assert set(peer) == {"podSelector"}, f"{component}: egress beyond pods: {peer}"
             names += [c for c, lab in labels.items() if selects(peer["podSelector"], lab)]
@@ -424,11 +523,8 @@ def test_default_deny_and_a_policy_per_component(objects: list[Object]) -> None:
 
 
 def test_executors_reach_only_nats(objects: list[Object]) -> None:
-    assert reached(objects, "executor") == {("nats", 4222)}
-    (ingress,) = rules(objects, "executor", "Ingress")
-    assert [p["podSelector"] for p in peers(ingress, "Ingress")] == [
-        {"matchLabels": {"app.kubernetes.io/component": "gateway"}}
-    ]
+    assert reached(objects, "executor") == {("nats", 4222)} | otlp(objects)
+    assert admitted(objects, "executor") == {("gateway", 50053), SCRAPER}
 
 
 def postgres(objects: list[Object]) -> set[tuple[str, int]]:
@@ -440,7 +536,8 @@ def postgres(objects: list[Object]) -> set[tuple[str, int]]:
 
 
 def test_scheduler_reaches_nats_and_postgres(objects: list[Object]) -> None:
-    assert reached(objects, "scheduler") == {("nats", 4222)} | postgres(objects)
+    assert reached(objects, "scheduler") == {("nats", 4222)} | postgres(objects) | otlp(objects)
+    assert admitted(objects, "scheduler") == {("gateway", 50052), SCRAPER}
 
 
 def test_gateway_reaches_its_downstreams(objects: list[Object]) -> None:
@@ -449,7 +546,8 @@ def test_gateway_reaches_its_downstreams(objects: list[Object]) -> None:
         ("executor", 50053),
         ("browser-pool", 50054),
         ("nats", 4222),
-    } | postgres(objects)
+    } | postgres(objects) | otlp(objects)
+    assert admitted(objects, "gateway") == {("any", 50051), SCRAPER}
 
 
 def test_migration_reaches_only_postgres(objects: list[Object]) -> None:
@@ -464,13 +562,16 @@ def test_postgres_egress_is_narrowed_in_production() -> None:
 
 
 def test_browsers_reach_only_the_public_internet(objects: list[Object]) -> None:
-    (ingress,) = rules(objects, "browser-pool", "Ingress")
-    assert [p["podSelector"] for p in peers(ingress, "Ingress")] == [
-        {"matchLabels": {"app.kubernetes.io/component": "gateway"}}
+    assert admitted(objects, "browser-pool") == {("gateway", 50054), SCRAPER}
+    collector = [
+        rule
+        for policy in objects
+        if (policy["kind"], policy["metadata"]["name"]) == ("NetworkPolicy", OTLP_POLICY)
+        for rule in policy["spec"]["egress"]
     ]
     blocks = []
     for rule in rules(objects, "browser-pool", "Egress"):
-        if is_dns(rule):
+        if is_dns(rule) or rule in collector:  # the tracing component's: its own test
             continue
         for peer in peers(rule, "Egress"):
             assert set(peer) == {"ipBlock"}, peer
@@ -511,6 +612,102 @@ def test_nats_accepts_only_the_mesh(objects: list[Object]) -> None:
         ("nats", 6222),
         ("keda", 8222),
     }
+
+
+def test_only_monitoring_scrapes_and_only_the_services_metrics(objects: list[Object]) -> None:
+    labels = pod_labels(objects)
+    for component in labels:
+        allowed = admitted(objects, component)
+        from_monitoring = {port for peer, port in allowed if peer == SCRAPER[0]}
+        to_metrics = {peer for peer, port in allowed if port == METRICS_PORT}
+        if component in SERVICES:
+            assert from_monitoring == {METRICS_PORT}, component
+            assert to_metrics == {SCRAPER[0]}, component
+        else:
+            assert not from_monitoring and not to_metrics, component
+    policy = find(objects, "NetworkPolicy", "metrics")["spec"]
+    assert policy["policyTypes"] == ["Ingress"] and "egress" not in policy
+    assert {c for c, lab in labels.items() if selects(policy["podSelector"], lab)} == set(SERVICES)
+    scraped = {
+        o["metadata"]["name"]
+        for o in objects
+        if pod_spec(o) is not None
+        and "prometheus.io/scrape" in o["spec"]["template"]["metadata"].get("annotations", {})
+    }
+    assert scraped == set(SERVICES)  # NATS' 8222 is not Prometheus' format
+
+
+def test_tracing_component_sets_the_endpoint_and_opens_only_the_collector() -> None:
+    traced, plain = rendered("production-tracing"), rendered("production")
+    # Adds one policy, changes the four Deployments, leaves everything else alone.
+    before = {(o["kind"], o["metadata"]["name"]): o for o in plain}
+    after = {(o["kind"], o["metadata"]["name"]): o for o in traced}
+    assert set(after) - set(before) == {("NetworkPolicy", OTLP_POLICY)}
+    assert set(before) <= set(after)
+    assert {k for k in before if before[k] != after[k]} == {("Deployment", c) for c in SERVICES}
+    for component in SERVICES:
+        _, container = service_container(traced, component)
+        _, untraced = service_container(plain, component)
+        # kustomize puts what a patch adds first (see kustomize.py).
+        assert container["env"] == [
+            {"name": "OTEL_EXPORTER_OTLP_ENDPOINT", "value": OTLP_ENDPOINT},
+            *untraced["env"],
+        ]
+        assert {**container, "env": untraced["env"]} == untraced
+    # The policy agrees with the endpoint: its namespace and port, TCP, egress only.
+    host = re.fullmatch(r"http://[a-z0-9-]+\.([a-z0-9-]+):(\d+)", OTLP_ENDPOINT)
+    assert host and (f"ns:{host.group(1)}", int(host.group(2))) == COLLECTOR
+    policy = after[("NetworkPolicy", OTLP_POLICY)]["spec"]
+    assert policy["policyTypes"] == ["Egress"] and "ingress" not in policy
+    (rule,) = policy["egress"]
+    assert rule["ports"] == [{"protocol": "TCP", "port": COLLECTOR[1]}]
+    assert [namespace_of(peer) for peer in rule["to"]] == [COLLECTOR[0]]
+    labels = pod_labels(traced)
+    assert {c for c, lab in labels.items() if selects(policy["podSelector"], lab)} == set(SERVICES)
+    for component in labels:
+        old = rules(plain, component, "Egress")
+        new = [r for r in rules(traced, component, "Egress") if r not in old]
+        assert new == ([rule] if component in SERVICES else []), component
+        assert rules(traced, component, "Ingress") == rules(plain, component, "Ingress")
+    # The README's line is this component, seen from the production overlay.
+    assert (PRODUCTION / TRACING_ENTRY).resolve() == TRACING
+    assert f"components: [{TRACING_ENTRY}]" in (DEPLOY / "README.md").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("variant", ["base", "production", "production-gvisor"])
+def test_without_the_component_nothing_is_traced_out(variant: str) -> None:
+    objects = rendered(variant)
+    for _, _, container in containers(objects):
+        assert "OTEL_EXPORTER_OTLP_ENDPOINT" not in {e["name"] for e in container.get("env", [])}
+    # No rule names 4317 or namespace observability. (The browsers' any-port egress goes to
+    # public addresses only: test_browsers_reach_only_the_public_internet.)
+    for policy in objects:
+        if policy["kind"] != "NetworkPolicy":
+            continue
+        for rule in policy["spec"].get("egress", []):
+            assert COLLECTOR[1] not in [p["port"] for p in rule.get("ports", [])]
+            for peer in peers(rule, "Egress"):
+                selector = peer.get("namespaceSelector", {}).get("matchLabels", {})
+                assert selector.get("kubernetes.io/metadata.name") != "observability"
+
+
+def test_renderer_checks_kinds_as_kustomize_does(tmp_path: Path) -> None:
+    overlay = tmp_path / "overlay"
+    overlay.mkdir()
+    # A Component listed as a resource, and a Kustomization listed as a component: errors.
+    (overlay / "kustomization.yaml").write_text(f"resources: [{TRACING}]\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="expected kind Kustomization"):
+        render(overlay)
+    with pytest.raises(ValueError, match="expected kind Component"):
+        render(overlay, {"components": [str(BASE)]})
+    # A Component must be v1alpha1 (kustomize's EnforceFields).
+    wrong = tmp_path / "wrong"
+    wrong.mkdir()
+    (wrong / "kustomization.yaml").write_text(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Component\n", encoding="utf-8"
+    )
+    with pytest.raises(ValueError, match="apiVersion of a Component"):
+        render(overlay, {"components": [str(wrong)]})
 
 
 # ----------------------------------------------------------- scaling, budgets, the NATS cluster
