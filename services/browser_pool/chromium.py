@@ -113,6 +113,13 @@ class Chromium:
         executable: str, profile: Path, env: dict[str, str], stderr: BinaryIO
     ) -> asyncio.subprocess.Process:
         return await asyncio.create_subprocess_exec(
+            # Killed with the pool, even by SIGKILL or the OOM killer: the pool's subreaper and
+            # destroy() cannot act then, and its own session keeps it out of any group kill.
+            # Its helpers exit once it is gone.
+            "setpriv",
+            "--pdeathsig",
+            "KILL",
+            "--",
             executable,
             *FLAGS,
             f"--user-data-dir={profile}",

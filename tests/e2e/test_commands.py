@@ -10,6 +10,7 @@ from pathlib import Path
 
 from sandmesh_devstack.mesh import Mesh, health_status
 from sandmesh_devstack.ports import free_port
+from services.browser_pool import procs
 from tests.conftest import Servers
 
 SANDMESH = str(Path(sys.executable).parent / "sandmesh")
@@ -108,11 +109,34 @@ def test_make_up_entry_point_starts_everything_and_prints_the_smoke_output(
     assert "gateway exit 0" in done.stdout
 
 
-def test_supervisor_restarts_a_service_that_dies(mesh: Mesh) -> None:
+def descendants(pid: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for proc in procs.all_procs():
+        children.setdefault(proc.ppid, []).append(proc.pid)
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def test_supervisor_restarts_a_service_that_dies_and_nothing_of_it_lingers(mesh: Mesh) -> None:
     service = mesh.services["browser-pool"]
     assert service.process is not None
+    chromium = {pid for pid in descendants(service.process.pid) if "chromium" in procs.cmdline(pid)}
+    assert chromium, "the pool runs a browser while ready"
+    # SIGKILL: the pool gets no chance to close its browsers itself.
     service.process.kill()
     service.process.wait(10)
+
+    def alive() -> list[procs.Proc]:
+        return [p for pid in chromium if (p := procs.read_proc(pid)) is not None and p.state != "Z"]
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and alive():
+        time.sleep(0.1)
+    assert not alive(), alive()
     restarted = mesh.restart_dead()
     assert restarted == [("browser-pool", -9)]
     mesh.wait_ready(30)
