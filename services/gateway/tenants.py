@@ -13,6 +13,9 @@ from psycopg_pool import AsyncConnectionPool
 
 TIERS = ("free", "pro")
 KEY_PREFIX = "smk_"
+# The tokens a bucket row `b` holds now: what it kept, refilled at %(rate)s per second since
+# it was last taken from, up to %(burst)s.
+_AVAILABLE = "least(%(burst)s, b.tokens + %(rate)s * extract(epoch FROM now() - b.updated_at))"
 
 
 @dataclass(frozen=True)
@@ -117,23 +120,24 @@ class TenantStore:
 
         Returns 0 when granted, else the seconds until a token will be there.
         """
-        async with self._pool.connection() as conn, conn.transaction():
-            await conn.execute(
-                "INSERT INTO rate_buckets (key, tokens, updated_at) VALUES (%s, %s, now())"
-                " ON CONFLICT (key) DO NOTHING",
-                (bucket, burst),
-            )
-            # The row lock serialises replicas taking from the same bucket.
+        params = {"key": bucket, "rate": rate, "burst": burst}
+        async with self._pool.connection() as conn:
+            # One statement, so the row lock that serialises every submission of a tenant,
+            # across replicas, is held for one statement; a refusal leaves the row as it was.
             cursor = await conn.execute(
-                "SELECT least(%s, tokens + %s * extract(epoch FROM now() - updated_at))"
-                " FROM rate_buckets WHERE key = %s FOR UPDATE",
-                (burst, rate, bucket),
+                "INSERT INTO rate_buckets AS b (key, tokens, updated_at)"
+                " VALUES (%(key)s, %(burst)s - 1, now())"
+                " ON CONFLICT (key) DO UPDATE SET"
+                f" tokens = {_AVAILABLE} - 1, updated_at = now()"
+                f" WHERE {_AVAILABLE} >= 1"
+                " RETURNING 1",
+                params,
+            )
+            if await cursor.fetchone() is not None:
+                return 0.0
+            cursor = await conn.execute(
+                f"SELECT {_AVAILABLE} FROM rate_buckets AS b WHERE key = %(key)s", params
             )
             row: Any = await cursor.fetchone()
-            tokens = float(row[0])
-            granted = tokens >= 1
-            await conn.execute(
-                "UPDATE rate_buckets SET tokens = %s, updated_at = now() WHERE key = %s",
-                (tokens - 1 if granted else tokens, bucket),
-            )
-        return 0.0 if granted else (1 - tokens) / rate
+        # A token may have come back since the refusal; the caller retries a moment later.
+        return max((1 - float(row[0])) / rate, 0.001)
