@@ -126,11 +126,11 @@ class Lifecycle:
     async def _closed(self, closed: Closed) -> None:
         metrics.EXECUTIONS.labels(statuses.to_name(closed.execution.status)).inc()
         js = self.queue.js
-        await self._tell_watchers(js, closed.execution.id, closed.execution.result)
         if closed.job_seq is not None:
-            # Gone from the queue means it never runs; already delivered or acked is fine too.
+            # Out of the queue first, so it never runs; already delivered or acked is fine too.
             with contextlib.suppress(Exception):
                 await js.delete_msg(subjects.JOBS_STREAM, closed.job_seq)
+        await self._tell_watchers(js, closed.execution.id, closed.execution.result)
         await self.queue.nc.publish(subjects.CANCEL_SUBJECT, closed.execution.id.encode())
 
     async def _tell_watchers(
