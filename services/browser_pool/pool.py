@@ -38,6 +38,8 @@ T = TypeVar("T")
 
 RETRY_AFTER_S = 1.0
 PING_MISSES = 2
+# A live driver answers in milliseconds; one that does not within this is presumed dead.
+DRIVER_PROBE_S = 3.0
 ANY_URL = re.compile(".*")
 
 
@@ -214,11 +216,8 @@ class Pool:
     async def _launch(self) -> None:
         browser = Chromium(Path(tempfile.mkdtemp(prefix="b", dir=self._dir)))
         try:
-            async with self._driver_lock:  # one Playwright driver for every browser
-                if self._playwright is None:
-                    self._playwright = await async_playwright().start()
             await browser.launch(
-                self._playwright,
+                await self._driver(),
                 self.settings.chromium_path,
                 self.policy,
                 self.settings.launch_timeout_s,
@@ -244,6 +243,23 @@ class Pool:
         watcher.add_done_callback(self._closers.discard)
         log.info("browser started", extra={"browser": browser.id, "pid": browser.pid})
         self._dispatch()
+
+    async def _driver(self) -> Playwright:
+        """The one Playwright driver (a Node.js process) every browser is driven through.
+
+        A driver that died takes every call through it down with "target closed", browser
+        launches included, so each launch first checks that it still answers.
+        """
+        async with self._driver_lock:
+            if self._playwright is not None and not await _answers(self._playwright):
+                log.error("the Playwright driver does not answer; starting a new one")
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(DRIVER_PROBE_S):
+                        await self._playwright.stop()
+                self._playwright = None
+            if self._playwright is None:
+                self._playwright = await async_playwright().start()
+            return self._playwright
 
     # ---- jobs
 
@@ -428,3 +444,14 @@ class Pool:
             crashes=self.crashes,
             memory_bytes=self._pressure.memory_bytes,
         )
+
+
+async def _answers(playwright: Playwright) -> bool:
+    """Whether the driver answers a call that needs no browser."""
+    try:
+        async with asyncio.timeout(DRIVER_PROBE_S):
+            request = await playwright.request.new_context()
+            await request.dispose()
+    except Exception:
+        return False
+    return True

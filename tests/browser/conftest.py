@@ -130,6 +130,14 @@ class PoolProcess:
         assert self.service.process is not None
         return self.service.process.pid
 
+    def drivers(self) -> list[int]:
+        """Pids of the Playwright driver (a Node.js process) the pool runs now."""
+        return [
+            proc.pid
+            for proc in procs()
+            if proc.ppid == self.pid and proc.state != "Z" and "run-driver" in cmdline(proc.pid)
+        ]
+
     def browsers(self) -> list[tuple[int, str]]:
         """(pid, private dir) of each Chromium main process the pool runs now.
 

@@ -105,6 +105,27 @@ async def test_killed_chromium_fails_its_job_and_is_replaced(
     assert {pid for pid, _ in pool_process.browsers()}.isdisjoint(pid for pid, _ in victims)
 
 
+async def test_a_crashed_playwright_driver_is_replaced(
+    pool: Stub, pool_process: PoolProcess, pages: PageServer
+) -> None:
+    await _works(pool, pages)
+    (driver,) = pool_process.drivers()
+    os.kill(driver, signal.SIGKILL)
+    # Calls may fail UNAVAILABLE while the pool notices; then it serves again.
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            await _works(pool, pages)
+            break
+        except grpc.aio.AioRpcError as error:
+            assert error.code() == grpc.StatusCode.UNAVAILABLE, error
+            assert time.monotonic() < deadline, "the pool never recovered from the driver crash"
+            await asyncio.sleep(0.5)
+    (replacement,) = pool_process.drivers()
+    assert replacement != driver
+    await _until(pool, lambda s: s.browsers >= 1)
+
+
 async def test_hung_chromium_is_detected_and_replaced(
     pool: Stub, pool_process: PoolProcess, pages: PageServer
 ) -> None:
