@@ -40,7 +40,7 @@ async def publish_job(js: JetStreamContext, job: execution_pb2.Job, lane: str) -
 async def publish_result(js: JetStreamContext, result: execution_pb2.JobResult) -> PubAck:
     """Report the result of one attempt; (execution id, attempt) is the dedupe key."""
     return await js.publish(
-        subjects.RESULTS_SUBJECT,
+        subjects.result_subject(result.execution_id),
         result.SerializeToString(),
         timeout=PUBLISH_TIMEOUT_S,
         headers=telemetry.inject(

@@ -70,7 +70,7 @@ def stream_configs(settings: QueueSettings) -> tuple[StreamConfig, ...]:
         ),
         StreamConfig(
             name=subjects.RESULTS_STREAM,
-            subjects=[subjects.RESULTS_SUBJECT],
+            subjects=[subjects.RESULTS_SUBJECTS],
             retention=RetentionPolicy.WORK_QUEUE,
             storage=StorageType.FILE,
             num_replicas=settings.replicas,
@@ -117,7 +117,7 @@ def consumer_configs(settings: QueueSettings) -> tuple[tuple[str, ConsumerConfig
                 durable_name=subjects.RESULTS_CONSUMER,
                 ack_policy=AckPolicy.EXPLICIT,
                 ack_wait=30.0,
-                filter_subject=subjects.RESULTS_SUBJECT,
+                filter_subject=subjects.RESULTS_SUBJECTS,
             ),
         ),
         (

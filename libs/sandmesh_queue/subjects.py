@@ -7,7 +7,9 @@ RESULTS_STREAM = "RESULTS"
 EVENTS_STREAM = "EVENTS"
 ADVISORIES_STREAM = "ADVISORIES"
 
-RESULTS_SUBJECT = "sandmesh.results"
+# One subject per execution, so an executor can look up a result the scheduler has not
+# taken yet.
+RESULTS_SUBJECTS = "sandmesh.results.>"
 # Core NATS (not JetStream): executors announce themselves here; the scheduler listens.
 HEARTBEAT_SUBJECT = "sandmesh.executors.heartbeat"
 # Core NATS (not JetStream): every executor hears it and kills the named run if it has it.
@@ -31,6 +33,11 @@ DEAD_LETTER_CONSUMER = "scheduler-dead-letters"
 
 # JetStream announces a job that used up max_deliver here, as a plain NATS message.
 MAX_DELIVERIES_ADVISORY = f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{JOBS_STREAM}.>"
+
+
+def result_subject(execution_id: str) -> str:
+    """Where the results of one execution are published."""
+    return f"sandmesh.results.{execution_id}"
 
 
 def job_subject(lane: str) -> str:

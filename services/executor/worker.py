@@ -271,15 +271,23 @@ class Worker:
                 delay = min(delay * 2, 2.0)
 
     async def _already_finished(self, js: JetStreamContext, execution_id: str) -> bool:
-        """Whether the scheduler already closed this execution: a redelivery whose first
-        run finished but whose ack was lost, or a job closed while it waited."""
-        try:
-            await js.get_msg(
-                subjects.EVENTS_STREAM, subject=subjects.event_subject(execution_id, "result")
-            )
-        except nats.js.errors.NotFoundError:
-            return False
-        return True
+        """Whether this execution has its result: a redelivery whose first run (here or on
+        another executor) finished but whose ack was lost, or a job closed while it waited.
+
+        A result waits in RESULTS until the scheduler has stored it and published the result
+        event, and only then leaves. Looked up in that order, a result moving from one to the
+        other between the two lookups is still found.
+        """
+        for stream, subject in (
+            (subjects.RESULTS_STREAM, subjects.result_subject(execution_id)),
+            (subjects.EVENTS_STREAM, subjects.event_subject(execution_id, "result")),
+        ):
+            try:
+                await js.get_msg(stream, subject=subject)
+            except nats.js.errors.NotFoundError:
+                continue
+            return True
+        return False
 
     async def _publish_quietly(
         self, js: JetStreamContext, event: execution_pb2.ExecutionEvent

@@ -23,7 +23,7 @@ from sandmesh_queue import messages, subjects
 from sandmesh_runtime.errors import details_of
 from services.executor import languages
 from tests.conftest import Servers
-from tests.scheduler.conftest import MAX_QUEUED_PER_TENANT, Island
+from tests.scheduler.conftest import MAX_QUEUED_PER_TENANT, Island, wait_ready
 
 Stub: TypeAlias = "scheduler_pb2_grpc.SchedulerServiceAsyncStub"
 
@@ -283,6 +283,56 @@ async def test_a_result_delivered_twice_is_stored_once_with_one_final_event(
             await finals.next_msg(timeout=0.5)
     finally:
         await nc.close()
+
+
+async def test_a_redelivered_job_whose_result_awaits_the_scheduler_is_not_run_again(
+    scheduler: Stub, island: Island
+) -> None:
+    # The window between two executors: one published the result and died before its ack,
+    # and the scheduler has not taken the result yet (here: it is stopped), so no result
+    # event exists when the job is delivered again.
+    who = tenant()
+    execution = await enqueue(scheduler, who, source="print('second run')")
+    island.scheduler.stop(10)
+    nc = await nats.connect(island.nats.url)
+    try:
+        js = nc.jetstream()
+        first_run = execution_pb2.JobResult(
+            execution_id=execution.id,
+            attempt=1,
+            result=execution_pb2.ExecutionResult(
+                status=execution_pb2.EXECUTION_STATUS_COMPLETED, stdout=b"first run\n"
+            ),
+        )
+        await messages.publish_result(js, first_run)
+        executor = island.start_executor()
+        for _ in range(200):
+            if await jobs_in_stream(island) == 0:
+                break
+            await asyncio.sleep(0.1)
+        assert await jobs_in_stream(island) == 0, "the executor never took the job"
+        log = executor.log_path.read_text()
+        assert "job skipped: already run" in log
+        assert execution.id not in "".join(
+            line for line in log.splitlines() if '"job done"' in line
+        )
+        try:
+            last = await js.get_msg(
+                subjects.EVENTS_STREAM, subject=subjects.event_subject(execution.id, "status")
+            )
+        except nats.js.errors.NotFoundError:
+            last_status = None
+        else:
+            last_status = execution_pb2.ExecutionEvent.FromString(last.data or b"").status.status
+        assert last_status != execution_pb2.EXECUTION_STATUS_RUNNING
+    finally:
+        await nc.close()
+    island.scheduler.start()
+    wait_ready(island.scheduler)
+    stored = await wait_status(
+        scheduler, who, execution.id, {execution_pb2.EXECUTION_STATUS_COMPLETED}
+    )
+    assert stored.result.stdout == b"first run\n"
 
 
 async def test_interactive_goes_first_and_batch_is_never_starved(
