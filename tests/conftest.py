@@ -7,10 +7,12 @@ which this kind of machine does not have), once per test session.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import psycopg
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
@@ -29,6 +31,23 @@ class Servers:
     nats: LocalNats
     postgres: LocalPostgres
     api_key: str  # of tenant "default", which the tests act as
+    database_url: str  # the database on `postgres` that services started on these use
+
+    async def with_own_database(self, nats: LocalNats) -> Servers:
+        """`nats` with a database of its own on the same Postgres, migrated, with tenant
+        "default" and a key of it.
+
+        A scheduler sweeps every execution of its database and deletes their jobs from its
+        own NATS; a scheduler on another NATS sharing the database would expire, reap and
+        requeue executions it cannot see, so a NATS of its own needs a database of its own.
+        """
+        name = f"own_{uuid.uuid4().hex[:12]}"
+        async with await psycopg.AsyncConnection.connect(
+            self.postgres.url, autocommit=True
+        ) as conn:
+            await conn.execute(f"CREATE DATABASE {name}")  # name is ours: no quoting needed
+        database_url = self.postgres.url.rsplit("/", 1)[0] + "/" + name
+        return Servers(nats, self.postgres, await prepare_database(database_url), database_url)
 
 
 async def prepare_database(url: str) -> str:
@@ -48,7 +67,7 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
     postgres = LocalPostgres.start(base / "postgres")
     api_key = asyncio.run(prepare_database(postgres.url))
     try:
-        yield Servers(nats, postgres, api_key)
+        yield Servers(nats, postgres, api_key, postgres.url)
     finally:
         nats.stop()
         postgres.destroy()
@@ -59,7 +78,7 @@ def start_mesh(servers: Servers, log_dir: Path, extra_env: dict[str, str] | None
     mesh = Mesh(
         log_dir,
         servers.nats.url,
-        servers.postgres.url,
+        servers.database_url,
         ports=dict(zip(SERVICES, free_ports(len(SERVICES)), strict=True)),
         extra_env=extra_env,
     )

@@ -93,7 +93,7 @@ async def receiver() -> AsyncIterator[tuple[Receiver, int]]:
 @pytest.fixture
 async def traced_mesh(
     receiver: tuple[Receiver, int], servers: Servers, tmp_path: Path
-) -> AsyncIterator[Mesh]:
+) -> AsyncIterator[tuple[Mesh, Servers]]:
     _, port = receiver
     env = {
         "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
@@ -102,12 +102,12 @@ async def traced_mesh(
     }
     # A NATS of its own, so no executor of another mesh (which exports nothing) takes the job.
     nats = LocalNats.start(tmp_path / "nats")
-    private = Servers(nats, servers.postgres, servers.api_key)
+    private = await servers.with_own_database(nats)
     try:
         # Started off the event loop: the receiver serves on it while the services come up.
         mesh = await asyncio.to_thread(start_mesh, private, tmp_path / "logs", env)
         try:
-            yield mesh
+            yield mesh, private
         finally:
             await asyncio.to_thread(mesh.stop)
     finally:
@@ -115,14 +115,15 @@ async def traced_mesh(
 
 
 async def test_one_trace_covers_gateway_scheduler_and_executor(
-    traced_mesh: Mesh, receiver: tuple[Receiver, int], servers: Servers, tmp_path: Path
+    traced_mesh: tuple[Mesh, Servers], receiver: tuple[Receiver, int], tmp_path: Path
 ) -> None:
+    mesh, servers = traced_mesh
     collector, _ = receiver
     trace_id = secrets.token_hex(16)
     caller_span = secrets.token_hex(8)
     traceparent = (("traceparent", f"00-{trace_id}-{caller_span}-01"),)
 
-    async with client.connect(traced_mesh.services["gateway"].target, servers.api_key) as channel:
+    async with client.connect(mesh.services["gateway"].target, servers.api_key) as channel:
         gateway = gateway_pb2_grpc.GatewayServiceStub(channel)
         submitted = await gateway.SubmitExecution(
             gateway_pb2.SubmitExecutionRequest(
@@ -177,7 +178,7 @@ async def test_one_trace_covers_gateway_scheduler_and_executor(
     assert [spans[link].name for link in watch.links] == ["RESULTS process"]
 
     # The executor's log lines about this execution carry the same trace id.
-    await asyncio.to_thread(traced_mesh.stop)
+    await asyncio.to_thread(mesh.stop)
     lines = [
         json.loads(line)
         for line in (tmp_path / "logs" / "executor.log").read_text().splitlines()

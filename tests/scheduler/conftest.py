@@ -6,6 +6,7 @@ Jobs stay QUEUED until a test starts an executor, which makes queued-state behav
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -34,6 +35,7 @@ class Island:
     scheduler: ServiceProcess
     env: dict[str, str]
     log_dir: Path
+    api_key: str  # of tenant "default" in the island's own database
     executors: list[ServiceProcess] = field(default_factory=list)
     gateways: list[ServiceProcess] = field(default_factory=list)
 
@@ -83,11 +85,12 @@ def wait_ready(service: ServiceProcess, timeout: float = 30.0) -> None:
 def island(servers: Servers, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Island]:
     base = tmp_path_factory.mktemp("island")
     nats = LocalNats.start(base / "nats")
+    own = asyncio.run(servers.with_own_database(nats))
     port = free_port()
     env = {
         **os.environ,
         "NATS_URL": nats.url,
-        "DATABASE_URL": servers.postgres.url,
+        "DATABASE_URL": own.database_url,
         "SANDMESH_HOST": "127.0.0.1",
         "SANDMESH_SCHEDULER_PORT": str(port),
         "SANDMESH_JOB_ACK_WAIT_S": str(ACK_WAIT_S),
@@ -101,7 +104,7 @@ def island(servers: Servers, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     }
     scheduler = ServiceProcess("scheduler", port, env, base / "scheduler.log")
     scheduler.start()
-    island = Island(nats, scheduler, env, base)
+    island = Island(nats, scheduler, env, base, own.api_key)
     try:
         wait_ready(scheduler)
         yield island

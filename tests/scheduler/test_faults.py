@@ -31,13 +31,14 @@ OPEN = ("QUEUED", "RUNNING")
 @pytest.fixture(scope="module")
 def fault_mesh(
     servers: Servers, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[Mesh, LocalNats]]:
+) -> Iterator[tuple[Mesh, Servers]]:
     base = tmp_path_factory.mktemp("faults")
     nats = LocalNats.start(base / "nats")
+    own = asyncio.run(servers.with_own_database(nats))
     mesh = Mesh(
         base / "logs",
         nats.url,
-        servers.postgres.url,
+        own.database_url,
         ports=dict(zip(SERVICES, free_ports(len(SERVICES)), strict=True)),
         extra_env={
             "SANDMESH_JOB_ACK_WAIT_S": "3",
@@ -50,7 +51,7 @@ def fault_mesh(
     mesh.start()
     try:
         mesh.wait_ready()
-        yield mesh, nats
+        yield mesh, own
     finally:
         mesh.stop()
         nats.stop()
@@ -105,9 +106,9 @@ async def submit_with_retries(
 
 
 async def test_hundred_clients_submitting_ten_each_give_a_thousand_final_states(
-    fault_mesh: tuple[Mesh, LocalNats], servers: Servers
+    fault_mesh: tuple[Mesh, Servers],
 ) -> None:
-    mesh, _ = fault_mesh
+    mesh, servers = fault_mesh
     target = mesh.services["gateway"].target
 
     async def one_client(number: int) -> list[str]:
@@ -120,21 +121,21 @@ async def test_hundred_clients_submitting_ten_each_give_a_thousand_final_states(
 
     ids = [i for batch in await asyncio.gather(*(one_client(n) for n in range(100))) for i in batch]
     assert len(set(ids)) == 1000
-    statuses = await wait_all_final(servers.postgres.url, ids, timeout=240)
+    statuses = await wait_all_final(servers.database_url, ids, timeout=240)
     assert collections.Counter(statuses.values()) == {"COMPLETED": 1000}
     runs = runs_by_execution(mesh)
     assert all(runs[i] == 1 for i in ids), {i: runs[i] for i in ids if runs[i] != 1}
 
 
 async def test_nats_restart_during_a_burst_loses_nothing_and_runs_nothing_twice(
-    fault_mesh: tuple[Mesh, LocalNats], servers: Servers
+    fault_mesh: tuple[Mesh, Servers],
 ) -> None:
-    mesh, nats = fault_mesh
+    mesh, servers = fault_mesh
     target = mesh.services["gateway"].target
 
     async def restart_nats_midway() -> None:
         await asyncio.sleep(0.5)
-        await asyncio.to_thread(nats.restart)
+        await asyncio.to_thread(servers.nats.restart)
 
     async with client.connect(target, servers.api_key) as channel:
         gateway = gateway_pb2_grpc.GatewayServiceStub(channel)
@@ -147,16 +148,16 @@ async def test_nats_restart_during_a_burst_loses_nothing_and_runs_nothing_twice(
         )
         await restart
     assert len(set(ids)) == 200
-    statuses = await wait_all_final(servers.postgres.url, ids, timeout=180)
+    statuses = await wait_all_final(servers.database_url, ids, timeout=180)
     assert collections.Counter(statuses.values()) == {"COMPLETED": 200}
     runs = runs_by_execution(mesh)
     assert all(runs[i] == 1 for i in ids), {i: runs[i] for i in ids if runs[i] != 1}
 
 
 async def test_postgres_restart_drops_readiness_then_recovers_and_loses_nothing(
-    fault_mesh: tuple[Mesh, LocalNats], servers: Servers
+    fault_mesh: tuple[Mesh, Servers],
 ) -> None:
-    mesh, _ = fault_mesh
+    mesh, servers = fault_mesh
     scheduler = mesh.services["scheduler"].target
     async with client.connect(mesh.services["gateway"].target, servers.api_key) as channel:
         gateway = gateway_pb2_grpc.GatewayServiceStub(channel)
@@ -182,5 +183,5 @@ async def test_postgres_restart_drops_readiness_then_recovers_and_loses_nothing(
                 break
             await asyncio.sleep(0.1)
         assert health_status(scheduler, "readiness") == "SERVING"
-    statuses = await wait_all_final(servers.postgres.url, accepted, timeout=60)
+    statuses = await wait_all_final(servers.database_url, accepted, timeout=60)
     assert collections.Counter(statuses.values()) == {"COMPLETED": 4}

@@ -22,7 +22,6 @@ from sandmesh.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 from sandmesh_queue import messages, subjects
 from sandmesh_runtime.errors import details_of
 from services.executor import languages
-from tests.conftest import Servers
 from tests.scheduler.conftest import MAX_QUEUED_PER_TENANT, Island, wait_ready
 
 Stub: TypeAlias = "scheduler_pb2_grpc.SchedulerServiceAsyncStub"
@@ -202,7 +201,7 @@ async def test_executor_killed_mid_job_the_job_completes_on_another(
 
 
 async def test_job_whose_executor_dies_every_time_is_dead_lettered_and_replays(
-    scheduler: Stub, island: Island, servers: Servers
+    scheduler: Stub, island: Island
 ) -> None:
     who = "default"  # the gateway's tenant, so the admin CLI below sees this dead letter
     execution = await enqueue(scheduler, who, source="import time\ntime.sleep(2)\nprint('finally')")
@@ -233,7 +232,7 @@ async def test_job_whose_executor_dies_every_time_is_dead_lettered_and_replays(
     )
     assert list(hidden.dead_letters) == []
 
-    gateway = ("--gateway", island.start_gateway().target, "--api-key", servers.api_key)
+    gateway = ("--gateway", island.start_gateway().target, "--api-key", island.api_key)
     shown = admin("dlq", "list", *gateway)
     assert shown.returncode == 0 and letter.id in shown.stdout and execution.id in shown.stdout
     replayed = admin("dlq", "replay", letter.id, *gateway)
