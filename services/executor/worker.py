@@ -185,7 +185,9 @@ class Worker:
         if running is not None:
             async with _heartbeat(msg, self._queue.settings.job_ack_wait_s):
                 await running.wait()
-        return self._ledger.finished(execution_id) or await self._already_finished(js, execution_id)
+        return self._ledger.finished(execution_id) or await self._already_finished(
+            js, execution_id, redelivered=(msg.metadata.num_delivered or 1) > 1
+        )
 
     async def _run_and_report(
         self, js: JetStreamContext, msg: Msg, job: execution_pb2.Job, attempt: int
@@ -270,18 +272,21 @@ class Worker:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
 
-    async def _already_finished(self, js: JetStreamContext, execution_id: str) -> bool:
+    async def _already_finished(
+        self, js: JetStreamContext, execution_id: str, redelivered: bool
+    ) -> bool:
         """Whether this execution has its result: a redelivery whose first run (here or on
         another executor) finished but whose ack was lost, or a job closed while it waited.
 
         A result waits in RESULTS until the scheduler has stored it and published the result
         event, and only then leaves. Looked up in that order, a result moving from one to the
-        other between the two lookups is still found.
+        other between the two lookups is still found. Only a redelivery can have a result
+        of an earlier run, so a first delivery skips RESULTS.
         """
-        for stream, subject in (
-            (subjects.RESULTS_STREAM, subjects.result_subject(execution_id)),
-            (subjects.EVENTS_STREAM, subjects.event_subject(execution_id, "result")),
-        ):
+        lookups = [(subjects.EVENTS_STREAM, subjects.event_subject(execution_id, "result"))]
+        if redelivered:
+            lookups.insert(0, (subjects.RESULTS_STREAM, subjects.result_subject(execution_id)))
+        for stream, subject in lookups:
             try:
                 await js.get_msg(stream, subject=subject)
             except nats.js.errors.NotFoundError:

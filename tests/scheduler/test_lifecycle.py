@@ -296,6 +296,12 @@ async def test_a_redelivered_job_whose_result_awaits_the_scheduler_is_not_run_ag
     nc = await nats.connect(island.nats.url)
     try:
         js = nc.jetstream()
+        # The first executor: takes the job, reports, and dies before its ack.
+        first = await js.pull_subscribe_bind(
+            durable=subjects.executor_consumer(subjects.LANES[0]), stream=subjects.JOBS_STREAM
+        )
+        (taken,) = await first.fetch(1, timeout=5)
+        assert execution_pb2.Job.FromString(taken.data).execution_id == execution.id
         first_run = execution_pb2.JobResult(
             execution_id=execution.id,
             attempt=1,
