@@ -7,9 +7,10 @@ handler's own task, so context variables they set (deadline, tenant) are visible
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -21,6 +22,29 @@ CallHook = Callable[[str, "grpc.aio.ServicerContext[Any, Any]"], AbstractAsyncCo
 
 log = logging.getLogger("sandmesh.rpc")
 
+_status: contextvars.ContextVar[grpc.StatusCode] = contextvars.ContextVar(
+    "call_status", default=grpc.StatusCode.OK
+)
+
+
+def call_status() -> grpc.StatusCode:
+    """The status code the current call ended with, for a hook leaving after the handler
+    (and the hooks inside it) returned or raised."""
+    return _status.get()
+
+
+@contextlib.contextmanager
+def _recording_status(context: grpc.aio.ServicerContext[Any, Any]) -> Iterator[None]:
+    _status.set(grpc.StatusCode.OK)
+    try:
+        yield
+    except grpc.aio.AbortError:
+        _status.set(context.code() or grpc.StatusCode.UNKNOWN)
+        raise
+    except Exception:
+        _status.set(grpc.StatusCode.UNKNOWN)
+        raise
+
 
 @contextlib.asynccontextmanager
 async def _entered(
@@ -29,6 +53,8 @@ async def _entered(
     async with contextlib.AsyncExitStack() as stack:
         for hook in hooks:
             await stack.enter_async_context(hook(method, context))
+            # Inside every hook, so each sees how the handler, or a hook within it, ended.
+            stack.enter_context(_recording_status(context))
         yield
 
 
@@ -89,17 +115,14 @@ async def logging_hook(
         return
     left = deadlines.time_left()
     started = time.monotonic()
-    code = grpc.StatusCode.OK
     try:
         yield
-    except grpc.aio.AbortError:
-        code = context.code() or grpc.StatusCode.UNKNOWN
-        raise
-    except Exception:
-        code = grpc.StatusCode.UNKNOWN
-        log.exception("rpc failed", extra={"method": method})
+    except Exception as exc:
+        if not isinstance(exc, grpc.aio.AbortError):
+            log.exception("rpc failed", extra={"method": method})
         raise
     finally:
+        code = call_status()
         elapsed = time.monotonic() - started
         service = metrics.SERVICE["name"]
         metrics.RPC_REQUESTS.labels(service, method, code.name).inc()

@@ -19,6 +19,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from sandmesh_runtime import interceptors
+
 tracer = trace.get_tracer("sandmesh")
 
 _UNTRACED = ("/grpc.health.", "/grpc.reflection.")
@@ -96,14 +98,12 @@ async def tracing_hook(
     ) as span:
         try:
             yield
-        except grpc.aio.AbortError:
-            code = servicer_context.code() or grpc.StatusCode.UNKNOWN
-            _record_code(span, code)
+        except Exception as exc:
+            if not isinstance(exc, grpc.aio.AbortError):
+                span.record_exception(exc)
             raise
-        except BaseException as exc:
-            span.record_exception(exc)
-            _record_code(span, grpc.StatusCode.UNKNOWN)
-            raise
+        finally:
+            _record_code(span, interceptors.call_status())
 
 
 def _record_code(span: trace.Span, code: grpc.StatusCode) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 import grpc
 
 from sandmesh_runtime import errors
+from sandmesh_runtime.interceptors import call_status
 from services.gateway.tenants import Caller, TenantStore
 
 log = logging.getLogger("sandmesh.gateway")
@@ -100,20 +101,13 @@ class Authenticator:
         caller = await self._identify(context)
         caller_token = _caller.set(caller)
         target_token = _target.set("")
-        code = grpc.StatusCode.OK
         try:
             yield
-        except grpc.aio.AbortError:
-            code = context.code() or grpc.StatusCode.UNKNOWN
-            raise
-        except Exception:
-            code = grpc.StatusCode.UNKNOWN
-            raise
         finally:
             if method in MUTATING:
                 try:
                     await self._store.audit(
-                        caller, method.rsplit("/", 1)[1], _target.get(), code.name
+                        caller, method.rsplit("/", 1)[1], _target.get(), call_status().name
                     )
                 except Exception:
                     log.exception("audit entry lost", extra={"method": method})
