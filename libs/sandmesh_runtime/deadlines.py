@@ -78,10 +78,10 @@ async def deadline_hook(
     """Call hook: expose the call's deadline through `current()` while it is served, and
     answer DEADLINE_EXCEEDED when the handler found no time left to go on."""
     remaining = context.time_remaining()
-    token = _deadline.set(None if remaining is None else time.time() + remaining)
+    # Not reset afterwards: every call runs in a task (and context) of its own, and a stream
+    # its client abandoned is closed from another context, where a reset would fail.
+    _deadline.set(None if remaining is None else time.time() + remaining)
     try:
         yield
     except DeadlineExceeded as exc:
         await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(exc))
-    finally:
-        _deadline.reset(token)

@@ -99,8 +99,9 @@ class Authenticator:
             yield
             return
         caller = await self._identify(context)
-        caller_token = _caller.set(caller)
-        target_token = _target.set("")
+        # Not reset afterwards, as in deadlines.deadline_hook: the call's context is its own.
+        _caller.set(caller)
+        _target.set("")
         try:
             yield
         finally:
@@ -111,5 +112,3 @@ class Authenticator:
                     )
                 except Exception:
                     log.exception("audit entry lost", extra={"method": method})
-            _target.reset(target_token)
-            _caller.reset(caller_token)
