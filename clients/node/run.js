@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // Run a program through the Sandmesh gateway from Node.js, the way `sandmesh run` does in Python:
-// SubmitExecution, then follow WatchExecution and print the output as it comes, then exit with
-// the program's exit code.
+// SubmitExecution, then follow WatchExecution and print the output as it comes, then read what
+// the stream did not carry with ReadOutput, then exit with the program's exit code.
 //
 //   node run.js --gateway 127.0.0.1:50051 --api-key KEY hello.py [ARGS...]
 //
@@ -38,13 +38,14 @@ const EXIT_CALL_FAILED = 2; // the gateway refused the call, or the stream broke
 const EXIT_NO_CODE = 1; // the program ended without an exit code (signal, time or memory limit)
 
 const USAGE = `usage: node run.js [--gateway HOST:PORT] [--api-key KEY] [--language ID]
-                   [--stdin FILE] [--timeout SECONDS] FILE [ARGS...]
+                   [--stdin FILE] [--timeout SECONDS] [--limit NAME=VALUE]... FILE [ARGS...]
 
   --gateway   gateway address (default: $SANDMESH_GATEWAY or ${DEFAULT_GATEWAY})
   --api-key   API key, sent as "authorization: Bearer KEY" (default: $SANDMESH_API_KEY)
   --language  language id (default: from the file suffix: ${Object.keys(LANGUAGE_BY_SUFFIX).join(' ')})
   --stdin     file whose bytes are the program's standard input
-  --timeout   deadline of the whole run in seconds (default: ${DEFAULT_TIMEOUT_S})`;
+  --timeout   deadline of the whole run in seconds (default: ${DEFAULT_TIMEOUT_S})
+  --limit     a limit of the run as NAME=VALUE, e.g. output_bytes=8388608 (repeatable)`;
 
 function fail(message, code = EXIT_CALL_FAILED) {
   process.stderr.write(`sandmesh: ${message}\n`);
@@ -64,6 +65,7 @@ function parseCommandLine(argv) {
         language: { type: 'string' },
         stdin: { type: 'string' },
         timeout: { type: 'string' },
+        limit: { type: 'string', multiple: true },
         help: { type: 'boolean', short: 'h' },
       },
     });
@@ -84,9 +86,21 @@ function parseCommandLine(argv) {
     language: values.language,
     stdin: values.stdin,
     timeout,
+    limits: parseLimits(values.limit || []),
     file: positionals[0],
     args: positionals.slice(1),
   };
+}
+
+// `--limit NAME=VALUE` options as a Limits message; the gateway checks the values' bounds.
+function parseLimits(pairs) {
+  const limits = {};
+  for (const pair of pairs) {
+    const match = /^([a-z_]+)=(\d+)$/.exec(pair);
+    if (!match) fail(`--limit takes NAME=VALUE (e.g. output_bytes=8388608), got ${pair}`);
+    limits[match[1]] = Number(match[2]);
+  }
+  return limits;
 }
 
 function readOrFail(file, encoding) {
@@ -105,6 +119,7 @@ function executionRequest(options) {
     source: readOrFail(options.file, 'utf8'),
     stdin: options.stdin ? readOrFail(options.stdin) : Buffer.alloc(0),
     args: options.args,
+    limits: options.limits,
   };
 }
 
@@ -134,10 +149,18 @@ function submit(client, request, metadata, deadline) {
   });
 }
 
+const STREAMS = ['OUTPUT_STREAM_STDOUT', 'OUTPUT_STREAM_STDERR'];
+
+function outFor(stream) {
+  return stream === 'OUTPUT_STREAM_STDERR' ? process.stderr : process.stdout;
+}
+
 // Follows the execution's events to its result, writing each output chunk as it arrives.
+// `written` counts the bytes of each stream written so far; a chunk that would leave a gap
+// (an event was lost) stops the live output of its stream, and the rest is read afterwards.
 // Resolves with the ExecutionResult; rejects with the call's error.
-function watch(client, executionId, metadata, deadline) {
-  const received = { OUTPUT_STREAM_STDOUT: 0, OUTPUT_STREAM_STDERR: 0 };
+function watch(client, executionId, metadata, deadline, written) {
+  const gapped = new Set();
   return new Promise((resolve, reject) => {
     let result = null;
     const call = client.WatchExecution({ execution_id: executionId }, metadata, { deadline });
@@ -145,11 +168,17 @@ function watch(client, executionId, metadata, deadline) {
       if (!event || result) return;
       if (event.kind === 'output') {
         const { stream, data } = event.output;
-        (stream === 'OUTPUT_STREAM_STDERR' ? process.stderr : process.stdout).write(data);
-        if (stream in received) received[stream] += data.length;
+        const offset = Number(event.output.offset);
+        if (!(stream in written) || gapped.has(stream)) return;
+        if (offset > written[stream]) {
+          gapped.add(stream);
+          return;
+        }
+        const fresh = data.subarray(written[stream] - offset);
+        outFor(stream).write(fresh);
+        written[stream] += fresh.length;
       } else if (event.kind === 'result') {
         result = event.result;
-        writeMissedOutput(result, received);
         resolve(result);
         call.cancel(); // the stream ends after the result anyway; do not wait for it
       }
@@ -163,15 +192,37 @@ function watch(client, executionId, metadata, deadline) {
   });
 }
 
-// Output events are best effort; the result carries the whole (possibly capped) output.
-// Print whatever the stream did not deliver, so nothing is lost and nothing printed twice.
-function writeMissedOutput(result, received) {
-  const pairs = [
-    [result.stdout, received.OUTPUT_STREAM_STDOUT, process.stdout],
-    [result.stderr, received.OUTPUT_STREAM_STDERR, process.stderr],
-  ];
-  for (const [whole, seen, out] of pairs) {
-    if (whole && whole.length > seen) out.write(whole.subarray(seen));
+// Reads `stream` of a finished execution from `offset` to its end with ReadOutput, writing
+// each chunk (at most 256 KiB: the result itself never carries more than a small inline cap).
+function readOutput(client, executionId, stream, offset, metadata, deadline) {
+  return new Promise((resolve, reject) => {
+    const call = client.ReadOutput({ execution_id: executionId, stream, offset }, metadata, {
+      deadline,
+    });
+    call.on('data', ({ data }) => outFor(stream).write(data));
+    call.on('error', reject);
+    call.on('end', resolve);
+  });
+}
+
+// Live output events are best effort and the result carries only the first bytes inline:
+// write whatever was not written yet, from the inline bytes and then from ReadOutput, so the
+// whole output arrives byte for byte, nothing twice.
+async function writeMissedOutput(client, executionId, result, written, metadata, deadline) {
+  const parts = {
+    OUTPUT_STREAM_STDOUT: [result.stdout, Number(result.stdout_size)],
+    OUTPUT_STREAM_STDERR: [result.stderr, Number(result.stderr_size)],
+  };
+  for (const stream of STREAMS) {
+    const [inline, recorded] = parts[stream];
+    const size = Math.max(recorded, inline.length);
+    if (written[stream] < inline.length) {
+      outFor(stream).write(inline.subarray(written[stream]));
+      written[stream] = inline.length;
+    }
+    if (written[stream] < size) {
+      await readOutput(client, executionId, stream, written[stream], metadata, deadline);
+    }
   }
 }
 
@@ -187,7 +238,9 @@ async function main() {
   let result;
   try {
     const execution = await submit(client, request, metadata, deadline);
-    result = await watch(client, execution.id, metadata, deadline);
+    const written = { OUTPUT_STREAM_STDOUT: 0, OUTPUT_STREAM_STDERR: 0 };
+    result = await watch(client, execution.id, metadata, deadline, written);
+    await writeMissedOutput(client, execution.id, result, written, metadata, deadline);
   } catch (error) {
     client.close();
     process.stderr.write(`sandmesh: ${error.code === undefined ? error.message : callError(error)}\n`);

@@ -63,30 +63,43 @@ class LocalNats:
         port: int,
         monitor_port: int,
         binary: Path,
-        cluster_args: list[str] | None = None,
+        extra_args: list[str] | None = None,
     ) -> None:
         self._data_dir = data_dir
         self._port = port
         self._monitor_port = monitor_port
         self._binary = binary
-        self._cluster_args = cluster_args or []
+        self._extra_args = extra_args or []
         self._proc: subprocess.Popen[bytes] | None = None
 
     # -- construction -------------------------------------------------------------------
 
     @classmethod
-    def start(cls, data_dir: Path, port: int = 0, ready_timeout: float = 15.0) -> LocalNats:
+    def start(
+        cls,
+        data_dir: Path,
+        port: int = 0,
+        ready_timeout: float = 15.0,
+        max_payload: int | None = None,
+    ) -> LocalNats:
         """Start a server storing its state in ``data_dir`` and wait until it is ready.
 
         ``port=0`` picks a free port.  The monitoring port is always picked automatically.
         Auto-picked ports can be grabbed by someone else before the server binds them, so
-        an early exit is retried with fresh ones.
+        an early exit is retried with fresh ones. ``max_payload`` (bytes) replaces the
+        server's 1 MiB bound on one message.
         """
         data_dir = Path(data_dir).absolute()
         data_dir.mkdir(parents=True, exist_ok=True)
         binary = find_nats_server()
+        args = []
+        if max_payload is not None:
+            # The server takes this bound from a configuration file only.
+            config = data_dir / "nats.conf"
+            config.write_text(f"max_payload: {max_payload}\n")
+            args = ["-c", str(config)]
         for attempt in range(1, _START_ATTEMPTS + 1):
-            nats = cls(data_dir, port or free_port(), free_port(), binary)
+            nats = cls(data_dir, port or free_port(), free_port(), binary, args)
             nats._spawn()
             try:
                 nats.wait_ready(ready_timeout)
@@ -247,7 +260,7 @@ class LocalNats:
             "-a", _HOST,
             "-p", str(self._port),
             "-m", str(self._monitor_port),
-            *self._cluster_args,
+            *self._extra_args,
         ]  # fmt: skip
         with self.log_path.open("ab") as log:
             log.write(f"--- sandmesh_devstack: {' '.join(cmd)}\n".encode())

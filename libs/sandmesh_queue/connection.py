@@ -34,6 +34,11 @@ class Queue:
     def js(self) -> JetStreamContext:
         return self.nc.jetstream()
 
+    @property
+    def max_payload(self) -> int:
+        """The largest message the server accepts, as its INFO says."""
+        return self.nc.max_payload
+
     async def ready(self) -> JetStreamContext:
         """Connect once (retrying until the server answers) and declare the streams.
 

@@ -17,7 +17,7 @@ from nats.js.api import (
 )
 from nats.js.errors import BadRequestError
 
-from sandmesh_queue import subjects
+from sandmesh_queue import outputs, subjects
 from sandmesh_runtime.settings import SettingsError, env
 
 log = logging.getLogger("sandmesh.queue")
@@ -42,6 +42,11 @@ class QueueSettings:
     replicas: int = env(
         "SANDMESH_STREAM_REPLICAS", 1, "copies of every stream in a NATS cluster (1 to 5)"
     )
+    retention_s: float = env(
+        "SANDMESH_RETENTION_S",
+        7 * 24 * 3600.0,
+        "how long a finished execution, and the output stored with it, is kept",
+    )
 
     def __post_init__(self) -> None:
         if not 1 <= self.replicas <= 5:
@@ -50,6 +55,8 @@ class QueueSettings:
             raise SettingsError(
                 f"SANDMESH_JOB_ACK_WAIT_S must be above 0, got {self.job_ack_wait_s}"
             )
+        if self.retention_s <= 0:
+            raise SettingsError(f"SANDMESH_RETENTION_S must be above 0, got {self.retention_s}")
         if self.job_max_deliver < 1:
             raise SettingsError(
                 f"SANDMESH_JOB_MAX_DELIVER must be at least 1, got {self.job_max_deliver}"
@@ -161,4 +168,5 @@ async def ensure_streams(js: JetStreamContext, settings: QueueSettings) -> None:
     for stream, consumer in consumers:
         # add_consumer on an existing durable updates it in place, so this is idempotent.
         await js.add_consumer(stream, consumer)
+    await outputs.ensure_bucket(js, settings.retention_s, settings.replicas)
     log.info("streams ready", extra={"replicas": settings.replicas})

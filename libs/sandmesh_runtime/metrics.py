@@ -33,6 +33,10 @@ SANDBOX_RUN = Histogram(
 WARM_POOL_IDLE = Gauge(
     "sandmesh_warm_pool_idle", "Started sandboxes waiting for a run", ["language"]
 )
+SLOTS_WEDGED = Gauge(
+    "sandmesh_executor_slots_wedged",
+    "Executor slots busy for longer than the longest allowed run plus a margin",
+)
 BROWSER_POOL = Gauge("sandmesh_browser_pool", "Browser pool occupancy", ["what"])
 BREAKER_OPEN = Gauge(
     "sandmesh_breaker_open", "1 while a downstream's breaker is open", ["downstream"]

@@ -1,14 +1,20 @@
-"""A circuit breaker per downstream: stop calling a dependency that keeps failing."""
+"""The resilience kit: a circuit breaker per downstream, and bounded retries that tell a
+fault that may pass from one that never will."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import random
 import time
+from collections.abc import Awaitable, Callable
 from enum import StrEnum
+from typing import TypeVar
 
 from sandmesh_runtime import metrics
 
 log = logging.getLogger("sandmesh.resilience")
+T = TypeVar("T")
 
 
 class BreakerState(StrEnum):
@@ -67,3 +73,44 @@ class CircuitBreaker:
         log.warning("circuit breaker %s", state.value, extra={"downstream": self.name})
         metrics.BREAKER_OPEN.labels(self.name).set(1 if state is BreakerState.OPEN else 0)
         self.state = state
+
+
+class Permanent(Exception):
+    """A fault that can never pass on retry (too large, unparsable, refused)."""
+
+
+class GaveUp(Exception):
+    """A passing fault outlasted the time its retries were given."""
+
+
+async def retry_until(
+    call: Callable[[], Awaitable[T]],
+    *,
+    until: float,
+    permanent: Callable[[BaseException], bool],
+    what: str,
+    base_s: float = 0.2,
+    cap_s: float = 5.0,
+) -> T:
+    """`call()` until it succeeds, with exponential backoff and jitter, each try bounded by
+    the time left before `until` (a `time.monotonic()` instant).
+
+    A fault `permanent` says can never pass raises Permanent at once; a passing one that is
+    still there at `until` raises GaveUp.
+    """
+    delay = base_s
+    while True:
+        left = until - time.monotonic()
+        try:
+            if left <= 0:
+                raise TimeoutError(f"{what}: no time left")
+            return await asyncio.wait_for(call(), timeout=left)
+        except Exception as exc:
+            if permanent(exc):
+                raise Permanent(f"{what}: {exc or type(exc).__name__}") from exc
+            pause = delay * random.uniform(0.5, 1.5)
+            if time.monotonic() + pause >= until:
+                raise GaveUp(f"{what}: {exc or type(exc).__name__}") from exc
+            log.warning("retrying", extra={"step": what, "error": str(exc), "delay_s": pause})
+        await asyncio.sleep(pause)
+        delay = min(delay * 2, cap_s)

@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from sandmesh.execution.v1 import execution_pb2
+from sandmesh_contracts import limits
 
 REGISTRY_FILE = Path(__file__).with_name("languages.toml")
-LIMIT_FIELDS = tuple(f.name for f in execution_pb2.Limits.DESCRIPTOR.fields)
+LIMIT_FIELDS = limits.FIELDS
 
 log = logging.getLogger("sandmesh.executor")
 
@@ -27,6 +28,7 @@ class LanguageSpec:
     version_command: tuple[str, ...]
     template: str
     default_limits: execution_pb2.Limits
+    min_limits: execution_pb2.Limits
     max_limits: execution_pb2.Limits
     compile_limits: execution_pb2.Limits
     compile: tuple[str, ...] = ()
@@ -61,17 +63,22 @@ def _spec(language_id: str, entry: dict[str, Any], limits: dict[str, Any]) -> La
         version_command=tuple(entry["version"]),
         template=entry["template"],
         default_limits=_limits(limits["default"], entry.get("default_limits", {}), where),
+        min_limits=_limits(limits["min"], entry.get("min_limits", {}), where),
         max_limits=_limits(limits["max"], entry.get("max_limits", {}), where),
         compile_limits=_limits(limits["compile"], entry.get("compile_limits", {}), where),
         compile=tuple(entry.get("compile", ())),
         env=dict(entry.get("env", {})),
         ro_binds=tuple(entry.get("ro_binds", ())),
     )
-    over = [
-        f for f in LIMIT_FIELDS if getattr(spec.default_limits, f) > getattr(spec.max_limits, f)
+    outside = [
+        f
+        for f in LIMIT_FIELDS
+        if not getattr(spec.min_limits, f)
+        <= getattr(spec.default_limits, f)
+        <= getattr(spec.max_limits, f)
     ]
-    if over:
-        raise ValueError(f"{where}: defaults above the hard bounds: {over}")
+    if outside:
+        raise ValueError(f"{where}: defaults outside the bounds: {outside}")
     return spec
 
 
@@ -112,18 +119,11 @@ async def detect_version(spec: LanguageSpec) -> str:
 def resolve_limits(
     spec: LanguageSpec, requested: execution_pb2.Limits
 ) -> tuple[execution_pb2.Limits, list[tuple[str, str]]]:
-    """Fill unset limits from the language's defaults; report any above its hard bounds."""
+    """Fill unset limits from the language's defaults; report any outside its bounds."""
     effective = execution_pb2.Limits()
-    violations = []
     for name in LIMIT_FIELDS:
-        value = getattr(requested, name) or getattr(spec.default_limits, name)
-        bound = getattr(spec.max_limits, name)
-        if value > bound:
-            violations.append(
-                (f"limits.{name}", f"must be at most {bound} for {spec.id}, got {value}")
-            )
-        setattr(effective, name, value)
-    return effective, violations
+        setattr(effective, name, getattr(requested, name) or getattr(spec.default_limits, name))
+    return effective, limits.violations(spec.min_limits, spec.max_limits, requested, spec.id)
 
 
 def to_proto(spec: LanguageSpec, version: str) -> execution_pb2.Language:
@@ -135,5 +135,6 @@ def to_proto(spec: LanguageSpec, version: str) -> execution_pb2.Language:
         compiled=spec.compiled,
         default_limits=spec.default_limits,
         max_limits=spec.max_limits,
+        min_limits=spec.min_limits,
         template=spec.template,
     )

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import socket
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,10 +26,12 @@ from services.executor.cancels import Cancellations
 from services.executor.server import ExecutorServicer
 from services.executor.settings import ExecutorSettings
 from services.executor.warm import WarmPools
-from services.executor.worker import Ledger, Worker
+from services.executor.worker import POST_RUN_S, Ledger, Worker
 
 # Jobs running at SIGTERM get this long to finish; the rest are handed back to the queue.
 DRAIN_WAIT_S = 20.0
+# Beyond the longest run and its reporting: a slot busy longer than that is wedged.
+WEDGED_MARGIN_S = 30.0
 
 log = logging.getLogger("sandmesh.executor")
 
@@ -60,6 +63,15 @@ class Executor:
         self.listeners = TaskGroup()
         self.layers: list[selftest.Layer] = []
         self._self_test: str | None = "sandbox self-test has not run yet"
+        longest_run_s = (
+            max(
+                (spec.compile_limits.wall_time_ms if spec.compiled else 0)
+                + spec.max_limits.wall_time_ms
+                for spec in self.registry.values()
+            )
+            / 1000
+        )
+        self.wedged_after_s = longest_run_s + POST_RUN_S + WEDGED_MARGIN_S
 
     def register(self, server: grpc.aio.Server) -> Sequence[str]:
         executor_pb2_grpc.add_ExecutorServiceServicer_to_server(
@@ -85,7 +97,28 @@ class Executor:
         return [*self.layers, pool]
 
     def checks(self) -> Sequence[Check]:
-        return [Check("nats", self.queue.ping), Check("sandbox", self._sandbox_ok)]
+        return [
+            Check("nats", self.queue.ping),
+            Check("sandbox", self._sandbox_ok),
+            Check("slots", self._slots_ok),
+        ]
+
+    def wedged_slots(self) -> int:
+        """Slots busy for longer than any job may take, reporting included."""
+        now = time.monotonic()
+        return sum(
+            1
+            for worker in self.workers
+            if worker.busy_since is not None and now - worker.busy_since > self.wedged_after_s
+        )
+
+    async def _slots_ok(self) -> None:
+        wedged = self.wedged_slots()
+        metrics.SLOTS_WEDGED.set(wedged)
+        if wedged == len(self.workers):
+            raise RuntimeError(
+                f"all {wedged} slots busy for over {self.wedged_after_s:.0f} s: none can take a job"
+            )
 
     async def _sandbox_ok(self) -> None:
         if self._self_test is not None:

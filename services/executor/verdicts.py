@@ -93,3 +93,8 @@ def refused(
 ) -> execution_pb2.ExecutionResult:
     """A result for a job that was not run at all."""
     return execution_pb2.ExecutionResult(status=status, detail=detail, error_code=error_code)
+
+
+def system_error(detail: str) -> execution_pb2.ExecutionResult:
+    """Our own failure, final: nothing a retry could change."""
+    return refused(execution_pb2.EXECUTION_STATUS_SYSTEM_ERROR, detail, "E005")

@@ -13,15 +13,17 @@ from collections.abc import AsyncIterator
 
 import nats.errors
 import nats.js.errors
+from google.protobuf.message import DecodeError
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from sandmesh.execution.v1 import execution_pb2
 from sandmesh_contracts.files import is_plain_file_name
-from sandmesh_queue import messages, subjects
+from sandmesh_queue import faults, messages, outputs, subjects
 from sandmesh_queue.connection import Queue
 from sandmesh_runtime import metrics, telemetry
 from sandmesh_runtime.logs import execution_id_var
+from sandmesh_runtime.resilience import GaveUp, Permanent, retry_until
 from services.executor import languages, pipeline, verdicts
 from services.executor.cancels import Cancellations
 from services.executor.languages import LanguageSpec
@@ -39,8 +41,12 @@ LANE_PEEK_S = 0.02
 # nak would redeliver at once, and consumer backoff would replace ack_wait; see the docs).
 RETRY_BASE_S = 1.0
 RETRY_MAX_S = 30.0
-# How long a finished run's result is retried through a NATS outage before giving up.
-RESULT_RETRY_S = 120.0
+# Each step after the program ends has its own bound, so a slot is never held for good:
+# storing a large output, publishing the result (through a NATS outage too), acking.
+STORE_OUTPUT_S = 60.0
+PUBLISH_RESULT_S = 60.0
+ACK_S = 10.0
+POST_RUN_S = STORE_OUTPUT_S + PUBLISH_RESULT_S + ACK_S
 
 _STREAMS = {
     "stdout": execution_pb2.OUTPUT_STREAM_STDOUT,
@@ -124,6 +130,8 @@ class Worker:
         self._pools = pools
         self._ledger = ledger
         self.running = 0
+        # When the job this worker holds was taken (monotonic), None while idle.
+        self.busy_since: float | None = None
         self._draining = asyncio.Event()
 
     def drain(self) -> None:
@@ -155,7 +163,35 @@ class Worker:
                 await self.handle(js, msg)
 
     async def handle(self, js: JetStreamContext, msg: Msg) -> None:
-        job = execution_pb2.Job.FromString(msg.data)
+        self.busy_since = time.monotonic()
+        try:
+            job = execution_pb2.Job.FromString(msg.data)
+        except DecodeError as exc:
+            await self._refuse_unreadable(js, msg, exc)
+            return
+        else:
+            await self._handle(js, msg, job)
+        finally:
+            self.busy_since = None
+
+    async def _refuse_unreadable(self, js: JetStreamContext, msg: Msg, exc: DecodeError) -> None:
+        """A job that does not parse never will: close its execution (named by the message
+        id the scheduler gave it) as SYSTEM_ERROR and take the job off the queue for good."""
+        execution_id = (msg.headers or {}).get(subjects.MSG_ID_HEADER, "")
+        log.error("unreadable job dropped", extra={"execution_id": execution_id, "error": str(exc)})
+        if execution_id:
+            failure = execution_pb2.JobResult(
+                execution_id=execution_id,
+                attempt=msg.metadata.num_delivered or 1,
+                executor_id=self._executor_id,
+                result=verdicts.system_error(f"the job could not be read: {exc}"),
+            )
+            with contextlib.suppress(Permanent, GaveUp):
+                await self._publish(js, failure)
+        with contextlib.suppress(Exception):
+            await msg.term()
+
+    async def _handle(self, js: JetStreamContext, msg: Msg, job: execution_pb2.Job) -> None:
         attempt = msg.metadata.num_delivered or 1
         token = execution_id_var.set(job.execution_id)
         try:
@@ -213,20 +249,28 @@ class Worker:
                 "wall_time_ms": result.usage.wall_time_ms,
             },
         )
-        await self._report(
-            js,
-            execution_pb2.JobResult(
-                execution_id=job.execution_id,
-                attempt=attempt,
-                executor_id=self._executor_id,
-                result=result,
-            ),
+        job_result = execution_pb2.JobResult(
+            execution_id=job.execution_id,
+            attempt=attempt,
+            executor_id=self._executor_id,
+            result=result,
         )
+        # The job stays ours while the result goes out; each step is bounded.
+        async with _heartbeat(msg, self._queue.settings.job_ack_wait_s):
+            try:
+                await self._report(js, job_result)
+            except (GaveUp, Permanent) as exc:
+                # Not even a SYSTEM_ERROR result went out: free the slot, hand the job back
+                # (bounded by max_deliver, after which it is dead-lettered).
+                log.error("result not delivered; job handed back", extra={"error": str(exc)})
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(msg.nak(delay=RETRY_BASE_S), ACK_S)
+                return False
         # Ack only once the result is stored by JetStream: a crash before this redelivers.
         # Confirmed (ack_sync) before this worker pulls again, so jobs pulled and not yet
         # acked never outnumber the workers.
         try:
-            await msg.ack_sync()
+            await msg.ack_sync(timeout=ACK_S)
         except Exception as exc:
             # The result is stored; the redelivery this causes is skipped, not run again.
             log.warning("ack lost", extra={"error": str(exc)})
@@ -256,21 +300,42 @@ class Worker:
         )
         await msg.nak(delay=delay)
 
-    async def _report(self, js: JetStreamContext, result: execution_pb2.JobResult) -> None:
-        """Publish the result, retrying through a NATS outage: a run is never thrown away
-        for want of a connection (running it again would run it twice)."""
-        delay = 0.2
-        deadline = time.monotonic() + RESULT_RETRY_S
-        while True:
-            try:
-                await messages.publish_result(js, result)
-                return
-            except Exception as exc:
-                if time.monotonic() > deadline:
-                    raise
-                log.warning("result publish failed; retrying", extra={"error": str(exc)})
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+    async def _report(self, js: JetStreamContext, job_result: execution_pb2.JobResult) -> None:
+        """Deliver one attempt's result: its output stored out of band when it does not fit
+        a message, then the result published. A fault that can never pass ends the attempt
+        with SYSTEM_ERROR and says why; a passing one is retried until its step's bound,
+        then GaveUp. A run is never thrown away for want of a connection (running it again
+        would run it twice)."""
+        max_payload = self._queue.max_payload
+        wire, must_store = outputs.fit_result(job_result, outputs.message_budget(max_payload))
+        result = job_result.result
+        try:
+            if must_store:
+                await retry_until(
+                    lambda: outputs.store(
+                        js, wire.result.output_ref, result.stdout, result.stderr, max_payload
+                    ),
+                    until=time.monotonic() + STORE_OUTPUT_S,
+                    permanent=faults.permanent,
+                    what="storing the output",
+                )
+            await self._publish(js, wire)
+        except Permanent as exc:
+            log.error("result cannot be delivered", extra={"error": str(exc)})
+            failure = execution_pb2.JobResult()
+            failure.CopyFrom(wire)
+            failure.result.CopyFrom(
+                verdicts.system_error(f"the result could not be delivered: {exc}")
+            )
+            await self._publish(js, failure)
+
+    async def _publish(self, js: JetStreamContext, job_result: execution_pb2.JobResult) -> None:
+        await retry_until(
+            lambda: messages.publish_result(js, job_result),
+            until=time.monotonic() + PUBLISH_RESULT_S,
+            permanent=faults.permanent,
+            what="publishing the result",
+        )
 
     async def _already_finished(
         self, js: JetStreamContext, execution_id: str, redelivered: bool
@@ -343,14 +408,23 @@ class Worker:
             ), False
         deadline = job.deadline.ToMilliseconds() / 1000 if job.HasField("deadline") else None
 
+        # Live chunks fit the server's max_payload, whatever the sandbox reads at once.
+        piece = outputs.chunk_bytes(self._queue.max_payload)
+        written = dict.fromkeys(_STREAMS, 0)
+
         async def forward(stream: str, chunk: bytes) -> None:
-            await self._publish_quietly(
-                js,
-                execution_pb2.ExecutionEvent(
-                    execution_id=job.execution_id,
-                    output=execution_pb2.OutputChunk(stream=_STREAMS[stream], data=chunk),
-                ),
-            )
+            for at in range(0, len(chunk), piece):
+                data = chunk[at : at + piece]
+                await self._publish_quietly(
+                    js,
+                    execution_pb2.ExecutionEvent(
+                        execution_id=job.execution_id,
+                        output=execution_pb2.OutputChunk(
+                            stream=_STREAMS[stream], data=data, offset=written[stream]
+                        ),
+                    ),
+                )
+                written[stream] += len(data)
 
         # Registered before RUNNING is published, so a cancel arriving from then on is heard.
         cancel = self._cancels.start(job.execution_id)

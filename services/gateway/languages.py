@@ -33,21 +33,3 @@ class LanguageCatalog:
                 self._languages = {language.id: language for language in response.languages}
                 self._fetched_at = time.monotonic()
         return self._languages
-
-
-def limit_violations(
-    language: execution_pb2.Language, limits: execution_pb2.Limits, prefix: str
-) -> list[tuple[str, str]]:
-    """Limits above the language's hard bounds; zero means "the default" and is fine."""
-    problems = []
-    for field in execution_pb2.Limits.DESCRIPTOR.fields:
-        asked = getattr(limits, field.name)
-        bound = getattr(language.max_limits, field.name)
-        if asked and bound and asked > bound:
-            problems.append(
-                (
-                    f"{prefix}.{field.name}",
-                    f"must be at most {bound} for {language.id}, got {asked}",
-                )
-            )
-    return problems

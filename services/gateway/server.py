@@ -17,7 +17,9 @@ from sandmesh.browser.v1 import browser_pb2, browser_pb2_grpc
 from sandmesh.execution.v1 import execution_pb2
 from sandmesh.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from sandmesh.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
-from sandmesh_queue import subjects
+from sandmesh_contracts import limits
+from sandmesh_contracts.wire import MAX_RESPONSE_BYTES
+from sandmesh_queue import outputs, subjects
 from sandmesh_queue.connection import Queue
 from sandmesh_runtime import deadlines, errors, telemetry
 from sandmesh_runtime.resilience import CircuitBreaker
@@ -137,7 +139,13 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             known = ", ".join(sorted(catalog))
             field = f"{prefix}.language" if prefix else "language"
             return [(field, f"unknown language {request.language!r}; known: {known}")]
-        return languages.limit_violations(language, request.limits, f"{prefix}.limits")
+        return limits.violations(
+            language.min_limits,
+            language.max_limits,
+            request.limits,
+            language.id,
+            f"{prefix}.limits" if prefix else "limits",
+        )
 
     async def ListLanguages(
         self, request: gateway_pb2.ListLanguagesRequest, context: Context
@@ -304,15 +312,25 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             )
         tenant = auth.current().tenant
         results = []
+        size = 0
         for execution_id in request.execution_ids:
-            get = scheduler_pb2.GetExecutionRequest(tenant=tenant, execution_id=execution_id)
-            results.append(
-                await self._item(
-                    lambda timeout, get=get: self._scheduler.GetExecution(  # type: ignore[misc]
-                        get, timeout=timeout
+            if size > MAX_RESPONSE_BYTES:
+                # The answer must reach a client with gRPC's default 4 MiB receive limit.
+                results.append(
+                    _item_error(
+                        grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        "the batch's answer reached its size bound; read this one on its own",
                     )
                 )
+                continue
+            get = scheduler_pb2.GetExecutionRequest(tenant=tenant, execution_id=execution_id)
+            item = await self._item(
+                lambda timeout, get=get: self._scheduler.GetExecution(  # type: ignore[misc]
+                    get, timeout=timeout
+                )
             )
+            size += item.ByteSize()
+            results.append(item)
         return gateway_pb2.BatchGetExecutionsResponse(results=results)
 
     async def _item(self, call: Callable[[float], Awaitable[Any]]) -> gateway_pb2.BatchItemResult:
@@ -336,6 +354,49 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         return gateway_pb2.GetExecutionResponse(
             execution=await self._get(context, request.execution_id)
         )
+
+    async def ReadOutput(
+        self, request: gateway_pb2.ReadOutputRequest, context: Context
+    ) -> AsyncIterator[gateway_pb2.ReadOutputResponse]:
+        problems = []
+        if not request.execution_id:
+            problems.append(("execution_id", "must not be empty"))
+        stream = outputs.STREAM_NAMES.get(request.stream)
+        if stream is None:
+            problems.append(("stream", "must be OUTPUT_STREAM_STDOUT or OUTPUT_STREAM_STDERR"))
+        if problems or stream is None:
+            await errors.invalid_argument(context, problems)
+        execution = await self._get(context, request.execution_id)
+        result = execution.result
+        if not result.status:
+            await errors.abort(
+                context,
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"execution {execution.id} has not finished; watch it for its live output",
+            )
+        size = outputs.stream_size(result, stream)
+        if request.offset > size:
+            await errors.invalid_argument(
+                context, [("offset", f"must be at most the {stream}'s size {size}")]
+            )
+        if not result.output_ref:
+            end = size if not request.limit else min(size, request.offset + request.limit)
+            inline = result.stdout if stream == "stdout" else result.stderr
+            for at in range(request.offset, end, outputs.MAX_CHUNK_BYTES):
+                data = inline[at : min(end, at + outputs.MAX_CHUNK_BYTES)]
+                yield gateway_pb2.ReadOutputResponse(offset=at, data=data)
+            return
+        try:
+            pieces = outputs.read(
+                self._queue.js, result.output_ref, stream, request.offset, request.limit
+            )
+            async for at, data in pieces:
+                yield gateway_pb2.ReadOutputResponse(offset=at, data=data)
+        except outputs.OutputUnavailable as exc:
+            await errors.abort(context, grpc.StatusCode.NOT_FOUND, str(exc))
+        except (ConnectionError, nats.errors.Error) as exc:
+            log.warning("output store unavailable", extra={"error": str(exc)})
+            await errors.unavailable(context, "the output store is unavailable")
 
     async def CancelExecution(
         self, request: gateway_pb2.CancelExecutionRequest, context: Context

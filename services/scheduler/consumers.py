@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import Awaitable, Callable
 
 import nats.errors
+from google.protobuf.message import DecodeError
 from nats.aio.msg import Msg
 
 from sandmesh.execution.v1 import execution_pb2
@@ -20,7 +22,10 @@ from services.scheduler.registry import Registry
 log = logging.getLogger("sandmesh.scheduler")
 
 FETCH_WAIT_S = 5.0
-RETRY_DELAY_S = 1.0
+# A message whose handling failed for a passing reason (Postgres or NATS away) comes back
+# after an exponential backoff with jitter: results are never dropped for an outage.
+RETRY_BASE_S = 1.0
+RETRY_MAX_S = 30.0
 
 
 async def consume(
@@ -28,7 +33,8 @@ async def consume(
 ) -> None:
     """Pull one message at a time from a durable consumer; ack each once handled.
 
-    A handler that raises gets its message back after RETRY_DELAY_S.
+    A message that does not parse never will: it is logged and terminated, never retried.
+    A handler that raises otherwise gets its message back after a backoff.
     """
     js = await queue.ready()
     subscription = await js.pull_subscribe_bind(durable=durable, stream=stream)
@@ -42,10 +48,19 @@ async def consume(
             try:
                 with telemetry.consuming(f"{stream} process", msg.headers):
                     await handle(msg)
+            except (DecodeError, ValueError) as exc:
+                log.error(
+                    "unreadable message dropped",
+                    extra={"consumer": durable, "subject": msg.subject, "error": str(exc)},
+                )
+                await msg.term()
+                continue
             except Exception:
                 # Postgres or NATS is away: hand the message back for a later try, not lost.
                 log.exception("handling failed; retrying later", extra={"consumer": durable})
-                await msg.nak(delay=RETRY_DELAY_S)
+                tries = msg.metadata.num_delivered or 1
+                delay = min(RETRY_MAX_S, RETRY_BASE_S * 2 ** (tries - 1))
+                await msg.nak(delay=delay * random.uniform(0.5, 1.5))
                 continue
             await msg.ack()
 

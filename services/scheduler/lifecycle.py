@@ -14,7 +14,7 @@ from nats.js import JetStreamContext
 
 from sandmesh.execution.v1 import execution_pb2
 from sandmesh_contracts import statuses
-from sandmesh_queue import messages, subjects
+from sandmesh_queue import messages, outputs, subjects
 from sandmesh_queue.connection import Queue
 from sandmesh_runtime import metrics
 from services.scheduler.store import Closed, ExecutionStore, NewExecution
@@ -26,6 +26,16 @@ class QueueUnavailable(Exception):
     """The job could not be handed to JetStream; the execution was closed, nothing ran."""
 
 
+class JobTooLarge(Exception):
+    """The request would make a job larger than the NATS server carries: refused, since
+    no retry could ever queue it."""
+
+    def __init__(self, size: int, budget: int) -> None:
+        super().__init__(
+            f"makes a job of {size} bytes; this mesh's work queue carries at most {budget}"
+        )
+
+
 class Lifecycle:
     def __init__(self, store: ExecutionStore, queue: Queue) -> None:
         self.store = store
@@ -34,6 +44,7 @@ class Lifecycle:
     async def enqueue(self, new: NewExecution) -> tuple[execution_pb2.Execution, bool]:
         """Store and queue a new execution (or return the earlier one for a reused key)."""
         js = self.queue.js  # ConnectionError before anything is stored
+        self._check_size(new)
         execution, created = await self.store.insert(new)
         if not created:
             return execution, False
@@ -70,6 +81,18 @@ class Lifecycle:
         await self.store.set_job_seq(execution.id, ack.seq)
         return execution, True
 
+    def _check_size(self, new: NewExecution) -> None:
+        """Refuse, before storing anything, a request whose job the server would refuse."""
+        probe = execution_pb2.Job(
+            execution_id="00000000-0000-0000-0000-000000000000",
+            tenant=new.tenant,
+            request=new.request,
+        )
+        probe.deadline.FromDatetime(new.deadline)
+        budget = outputs.message_budget(self.queue.max_payload)
+        if probe.ByteSize() > budget:
+            raise JobTooLarge(probe.ByteSize(), budget)
+
     async def cancel(self, tenant: str, execution_id: str) -> execution_pb2.Execution | None:
         """Cancel an open execution; a final one is returned unchanged; None when unknown."""
         closed = await self.store.cancel(tenant, execution_id)
@@ -89,7 +112,11 @@ class Lifecycle:
                 )
 
     async def sweep(self, stuck_margin_s: float) -> None:
-        """Expire jobs queued past their deadline and close runs that outlived theirs."""
+        """Expire jobs queued past their deadline, close runs that outlived theirs, and forget
+        executions past their retention (their stored output expires with them)."""
+        forgotten = await self.store.delete_finished_before(self.queue.settings.retention_s)
+        if forgotten:
+            log.info("executions past their retention deleted", extra={"count": forgotten})
         for closed in [
             *await self.store.expire_overdue(),
             *await self.store.reap_stuck(stuck_margin_s),

@@ -15,7 +15,7 @@ from sandmesh.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 from sandmesh_contracts import statuses
 from sandmesh_queue import subjects
 from sandmesh_runtime import errors
-from services.scheduler.lifecycle import Lifecycle, QueueUnavailable
+from services.scheduler.lifecycle import JobTooLarge, Lifecycle, QueueUnavailable
 from services.scheduler.registry import Registry
 from services.scheduler.settings import SchedulerSettings
 from services.scheduler.store import IdempotencyConflict, NewExecution, QueueFull
@@ -55,6 +55,8 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
             execution, _ = await self._lifecycle.enqueue(new)
         except IdempotencyConflict as exc:
             await errors.abort(context, grpc.StatusCode.ALREADY_EXISTS, str(exc))
+        except JobTooLarge as exc:
+            await errors.invalid_argument(context, [("request", str(exc))])
         except QueueFull as exc:
             await errors.quota_exceeded(
                 context,

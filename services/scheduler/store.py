@@ -7,7 +7,7 @@ import hashlib
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
@@ -16,6 +16,7 @@ from psycopg_pool import AsyncConnectionPool
 from sandmesh.execution.v1 import execution_pb2
 from sandmesh.scheduler.v1 import scheduler_pb2
 from sandmesh_contracts import statuses
+from sandmesh_contracts.wire import MAX_RESPONSE_BYTES
 from sandmesh_db.rows import copy_times, parse_id
 from sandmesh_queue import subjects
 from sandmesh_runtime import deadlines
@@ -97,6 +98,28 @@ def decode_page_token(token: str) -> tuple[datetime, uuid.UUID]:
     """Raises ValueError for a token this service did not make."""
     created, row_id = base64.urlsafe_b64decode(token.encode()).decode().split("|")
     return datetime.fromisoformat(created), uuid.UUID(row_id)
+
+
+M = TypeVar("M", execution_pb2.Execution, scheduler_pb2.DeadLetter)
+
+
+def _within_budget(items: list[M]) -> list[M]:
+    """The first items whose answer stays under MAX_RESPONSE_BYTES (at least one)."""
+    size = 0
+    for count, item in enumerate(items):
+        size += item.ByteSize()
+        if size > MAX_RESPONSE_BYTES and count:
+            return items[:count]
+    return items
+
+
+def _next_token(rows: list[dict[str, Any]], shown: int) -> str:
+    """The token of the page after the first `shown` of `rows` (one more than a page was
+    read, so a full page with nothing after it has no token)."""
+    if len(rows) <= shown:
+        return ""
+    last = rows[shown - 1]
+    return encode_page_token(last["created_at"], last["id"])
 
 
 async def _bounded(conn: AsyncConnection[Any]) -> None:
@@ -195,6 +218,19 @@ class ExecutionStore:
         if row[1] >= self._limits.total:
             raise QueueFull("global", self._limits.total)
 
+    async def delete_finished_before(self, retention_s: float, batch: int = 1000) -> int:
+        """Delete up to `batch` executions (with their dead letters) that finished more than
+        `retention_s` ago; how many went."""
+        async with self._pool.connection() as conn, conn.transaction():
+            cursor = await conn.execute(
+                "WITH old AS (SELECT id FROM executions WHERE finished_at"
+                " < now() - make_interval(secs => %s) LIMIT %s),"
+                " letters AS (DELETE FROM dead_letters WHERE execution_id IN (SELECT id FROM old))"
+                " DELETE FROM executions WHERE id IN (SELECT id FROM old)",
+                (retention_s, batch),
+            )
+            return cursor.rowcount
+
     async def release_key(self, execution_id: str) -> None:
         """Free the idempotency key of an execution that was never queued, so a retry with
         the same key makes a fresh one instead of finding this failure."""
@@ -247,11 +283,8 @@ class ExecutionStore:
                 ),
             )
             rows = await cursor.fetchall()
-        next_token = ""
-        if len(rows) > page_size:
-            last = rows[page_size - 1]
-            next_token = encode_page_token(last["created_at"], last["id"])
-        return [_to_proto(row) for row in rows[:page_size]], next_token
+        executions = _within_budget([_to_proto(row) for row in rows[:page_size]])
+        return executions, _next_token(rows, len(executions))
 
     async def queue_estimate(self, execution: execution_pb2.Execution) -> tuple[int, int]:
         """Jobs ahead in the same lane, and the wait they mean at the recent finish rate (ms)."""
@@ -464,11 +497,8 @@ class ExecutionStore:
             if row["replayed_at"] is not None:
                 letter.replayed_at.FromDatetime(row["replayed_at"])
             letters.append(letter)
-        next_token = ""
-        if len(rows) > page_size:
-            last = rows[page_size - 1]
-            next_token = encode_page_token(last["created_at"], last["id"])
-        return letters, next_token
+        letters = _within_budget(letters)
+        return letters, _next_token(rows, len(letters))
 
     async def dead_letter_request(
         self, tenant: str, dead_letter_id: str

@@ -13,6 +13,7 @@ import pytest
 
 from sandmesh_devstack.mesh import Mesh
 from tests.conftest import Servers
+from tests.e2e.floods import SIXTEEN_MIB, SIXTEEN_MIB_STDERR, SIXTEEN_MIB_STDOUT
 
 ROOT = Path(__file__).resolve().parents[2]
 NODE_CLIENT = ROOT / "clients" / "node"
@@ -174,3 +175,23 @@ def test_buf_gen_yaml_is_a_valid_template(tmp_path: Path) -> None:
     error = done.stderr.decode(errors="replace")
     assert "decode config" not in error, error
     assert "remote is unavailable" in error, error  # offline: could not reach buf.build
+
+
+def test_node_client_writes_sixteen_mib_of_output_byte_for_byte(
+    node_client: Path, mesh: Mesh, servers: Servers, tmp_path: Path
+) -> None:
+    program = tmp_path / "sixteen.py"
+    program.write_text(SIXTEEN_MIB)
+    done = run_node(
+        node_client,
+        "--gateway",
+        mesh.services["gateway"].target,
+        "--api-key",
+        servers.api_key,
+        "--limit",
+        "output_bytes=8388608",
+        str(program),
+    )
+    assert done.returncode == 0, done.stderr[-500:]
+    assert done.stdout == SIXTEEN_MIB_STDOUT
+    assert done.stderr == SIXTEEN_MIB_STDERR

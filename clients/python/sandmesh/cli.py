@@ -7,6 +7,7 @@ import asyncio
 import os
 import sys
 from pathlib import Path
+from typing import BinaryIO
 
 import grpc
 
@@ -35,14 +36,81 @@ def _request(args: argparse.Namespace) -> execution_pb2.ExecutionRequest:
     except OSError as exc:
         raise SystemExit(f"sandmesh: cannot read {exc.filename}: {exc.strerror}") from None
     return execution_pb2.ExecutionRequest(
-        language=_language_for(path, args.language), source=source, stdin=stdin, args=args.args
+        language=_language_for(path, args.language),
+        source=source,
+        stdin=stdin,
+        args=args.args,
+        limits=_limits(args.limit),
     )
 
 
-def _print_chunk(chunk: execution_pb2.OutputChunk) -> None:
-    stream = sys.stdout if chunk.stream == execution_pb2.OUTPUT_STREAM_STDOUT else sys.stderr
-    stream.buffer.write(chunk.data)
-    stream.flush()
+def _limits(pairs: list[str]) -> execution_pb2.Limits:
+    """`--limit NAME=VALUE` options as Limits; the gateway checks the values' bounds."""
+    fields = [f.name for f in execution_pb2.Limits.DESCRIPTOR.fields]
+    limits = execution_pb2.Limits()
+    for pair in pairs:
+        name, _, value = pair.partition("=")
+        if name not in fields or not value.isdigit():
+            raise SystemExit(
+                f"sandmesh: --limit takes NAME=VALUE with NAME one of {', '.join(fields)}"
+                f" and VALUE a whole number, got {pair!r}"
+            )
+        setattr(limits, name, int(value))
+    return limits
+
+
+def _out(stream: execution_pb2.OutputStream.ValueType) -> BinaryIO:
+    return sys.stderr.buffer if stream == execution_pb2.OUTPUT_STREAM_STDERR else sys.stdout.buffer
+
+
+class _Output:
+    """Writes the program's output as it comes, each byte once and in order, then what the
+    live stream did not carry (a lost chunk, or a run's output beyond the inline cap)."""
+
+    # Bytes asked of ReadOutput per call, so a large output is never held whole.
+    READ_BYTES = 1024 * 1024
+
+    def __init__(self) -> None:
+        self.written = {
+            execution_pb2.OUTPUT_STREAM_STDOUT: 0,
+            execution_pb2.OUTPUT_STREAM_STDERR: 0,
+        }
+        self.gapped: set[int] = set()
+
+    def chunk(self, chunk: execution_pb2.OutputChunk) -> None:
+        stream = chunk.stream
+        if stream not in self.written or stream in self.gapped:
+            return
+        if chunk.offset > self.written[stream]:
+            # A chunk was lost: the rest of this stream is read once the run is over.
+            self.gapped.add(stream)
+            return
+        self._write(stream, chunk.data[self.written[stream] - chunk.offset :])
+
+    def _write(self, stream: execution_pb2.OutputStream.ValueType, data: bytes) -> None:
+        out = _out(stream)
+        out.write(data)
+        out.flush()
+        self.written[stream] += len(data)
+
+    async def rest(
+        self, sdk: client.AsyncClient, execution_id: str, result: execution_pb2.ExecutionResult
+    ) -> None:
+        for stream, field in (
+            (execution_pb2.OUTPUT_STREAM_STDOUT, "stdout"),
+            (execution_pb2.OUTPUT_STREAM_STDERR, "stderr"),
+        ):
+            inline: bytes = getattr(result, field)
+            size = max(getattr(result, f"{field}_size"), len(inline))
+            if self.written[stream] < len(inline):
+                self._write(stream, inline[self.written[stream] :])
+            while self.written[stream] < size:
+                data = await sdk.read_output(
+                    execution_id, stream, offset=self.written[stream], limit=self.READ_BYTES
+                )
+                if not data:
+                    raise client.StreamEnded(f"the {field} of {execution_id} ended early")
+                self._write(stream, data)
 
 
 def _print_status(change: execution_pb2.StatusChange) -> None:
@@ -57,15 +125,24 @@ def _print_status(change: execution_pb2.StatusChange) -> None:
 
 async def _run(args: argparse.Namespace, request: execution_pb2.ExecutionRequest) -> int:
     show_progress = args.progress or (args.progress is None and sys.stderr.isatty())
-    async with client.connect(args.gateway, args.api_key) as channel:
+    output = _Output()
+    async with client.AsyncClient(args.gateway, args.api_key, timeout=args.timeout) as sdk:
         try:
-            result = await client.run(
-                channel,
-                request,
-                timeout=args.timeout,
-                on_output=_print_chunk,
-                on_status=_print_status if show_progress else None,
-            )
+            deadline = client.Deadline(args.timeout)
+            execution = await sdk.submit(request, timeout=deadline.remaining())
+            if show_progress:
+                _print_status(client.queued(execution))
+            result = None
+            async for event in sdk.watch(execution.id, timeout=deadline.remaining()):
+                if event.HasField("output"):
+                    output.chunk(event.output)
+                elif event.HasField("status") and show_progress:
+                    _print_status(event.status)
+                elif event.HasField("result"):
+                    result = event.result
+            if result is None:
+                raise client.StreamEnded(f"the watch of {execution.id} ended without a result")
+            await output.rest(sdk, execution.id, result)
         except grpc.aio.AioRpcError as error:
             print(f"sandmesh: {error.code().name}: {error.details()}", file=sys.stderr)
             return 2
@@ -193,6 +270,13 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("args", nargs="*", help="command-line arguments for the program")
     run.add_argument("--language", help="language id (default: from the file suffix)")
     run.add_argument("--stdin", help="file to feed to the program's standard input")
+    run.add_argument(
+        "--limit",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a limit of the run, e.g. output_bytes=8388608 (repeatable; default: the language's)",
+    )
     add_gateway_option(run)
     run.add_argument("--timeout", type=float, default=120.0, help="seconds to wait in all")
     run.add_argument(

@@ -32,6 +32,8 @@ __all__ = [
     "RetryPolicy",
     "StreamEnded",
     "connect",
+    "missing_output",
+    "queued",
     "run",
     "status_name",
 ]
@@ -132,7 +134,35 @@ def _submission(
     )
 
 
-def _queued(execution: execution_pb2.Execution) -> execution_pb2.StatusChange:
+_STREAMS = (
+    (execution_pb2.OUTPUT_STREAM_STDOUT, "stdout"),
+    (execution_pb2.OUTPUT_STREAM_STDERR, "stderr"),
+)
+
+
+def missing_output(
+    result: execution_pb2.ExecutionResult,
+) -> list[tuple[execution_pb2.OutputStream.ValueType, str, int]]:
+    """(stream, field, offset) of each stream whose result carries only its first bytes:
+    the rest is read with ReadOutput from that offset."""
+    missing = []
+    for stream, field in _STREAMS:
+        inline = getattr(result, field)
+        if getattr(result, f"{field}_size") > len(inline):
+            missing.append((stream, field, len(inline)))
+    return missing
+
+
+def _read_request(
+    execution_id: str, stream: execution_pb2.OutputStream.ValueType, offset: int, limit: int
+) -> gateway_pb2.ReadOutputRequest:
+    return gateway_pb2.ReadOutputRequest(
+        execution_id=execution_id, stream=stream, offset=offset, limit=limit
+    )
+
+
+def queued(execution: execution_pb2.Execution) -> execution_pb2.StatusChange:
+    """The status change a just-submitted execution stands at (queued, and its position)."""
     return execution_pb2.StatusChange(
         status=execution.status, queue_position=execution.queue_position
     )
@@ -264,6 +294,51 @@ class AsyncClient:
             await asyncio.sleep(delay)
             attempt += 1
 
+    async def read_output(
+        self,
+        execution_id: str,
+        stream: execution_pb2.OutputStream.ValueType = execution_pb2.OUTPUT_STREAM_STDOUT,
+        *,
+        offset: int = 0,
+        limit: int = 0,
+        timeout: float | None = None,
+    ) -> bytes:
+        """A finished execution's output from `offset`, `limit` bytes at most (0: all the
+        rest), read in chunks; a stream that breaks resumes where it stopped."""
+        deadline = self._deadline(timeout)
+        data = bytearray()
+        attempt = 0
+        while True:
+            left = limit - len(data) if limit else 0
+            call = self._gateway.ReadOutput(
+                _read_request(execution_id, stream, offset + len(data), left),
+                timeout=deadline.remaining(),
+            )
+            try:
+                async for piece in call:
+                    attempt = 0
+                    data += piece.data
+                return bytes(data)
+            except grpc.RpcError as error:
+                delay = self._retry.delay(error, attempt, deadline)
+                if delay is None:
+                    raise
+            finally:
+                call.cancel()
+            await asyncio.sleep(delay)
+            attempt += 1
+
+    async def _whole(
+        self, execution_id: str, result: execution_pb2.ExecutionResult, deadline: Deadline
+    ) -> execution_pb2.ExecutionResult:
+        """`result` with every stream's output whole, the part beyond the inline cap read."""
+        for stream, field, offset in missing_output(result):
+            rest = await self.read_output(
+                execution_id, stream, offset=offset, timeout=deadline.remaining()
+            )
+            setattr(result, field, getattr(result, field) + rest)
+        return result
+
     async def run(
         self,
         request: execution_pb2.ExecutionRequest,
@@ -272,15 +347,18 @@ class AsyncClient:
         timeout: float | None = None,
         on_output: OutputHandler | None = None,
         on_status: StatusHandler | None = None,
+        whole_output: bool = True,
     ) -> execution_pb2.ExecutionResult:
         """Submit `request` and watch it to its result, all within one deadline, passing
-        output chunks to `on_output` and status changes (queued, running) to `on_status`."""
+        output chunks to `on_output` and status changes (queued, running) to `on_status`.
+        The result holds the whole output, read beyond the inline cap, unless
+        `whole_output` is False (then only its first bytes: see `missing_output`)."""
         deadline = self._deadline(timeout)
         execution = await self.submit(
             request, idempotency_key=idempotency_key, timeout=deadline.remaining()
         )
         if on_status is not None:
-            on_status(_queued(execution))
+            on_status(queued(execution))
         async with aclosing(self.watch(execution.id, timeout=deadline.remaining())) as events:
             async for event in events:
                 if event.HasField("output") and on_output is not None:
@@ -290,7 +368,9 @@ class AsyncClient:
                 elif event.HasField("status") and on_status is not None:
                     on_status(event.status)
                 elif event.HasField("result"):
-                    return event.result
+                    if not whole_output:
+                        return event.result
+                    return await self._whole(execution.id, event.result, deadline)
         raise StreamEnded(f"the watch of {execution.id} ended without a result")
 
 
@@ -408,6 +488,51 @@ class Client:
             time.sleep(delay)
             attempt += 1
 
+    def read_output(
+        self,
+        execution_id: str,
+        stream: execution_pb2.OutputStream.ValueType = execution_pb2.OUTPUT_STREAM_STDOUT,
+        *,
+        offset: int = 0,
+        limit: int = 0,
+        timeout: float | None = None,
+    ) -> bytes:
+        """A finished execution's output from `offset`, `limit` bytes at most (0: all the
+        rest), read in chunks; a stream that breaks resumes where it stopped."""
+        deadline = self._deadline(timeout)
+        data = bytearray()
+        attempt = 0
+        while True:
+            left = limit - len(data) if limit else 0
+            call = self._gateway.ReadOutput(
+                _read_request(execution_id, stream, offset + len(data), left),
+                timeout=deadline.remaining(),
+            )
+            try:
+                for piece in call:
+                    attempt = 0
+                    data += piece.data
+                return bytes(data)
+            except grpc.RpcError as error:
+                delay = self._retry.delay(error, attempt, deadline)
+                if delay is None:
+                    raise
+            finally:
+                call.cancel()
+            time.sleep(delay)
+            attempt += 1
+
+    def _whole(
+        self, execution_id: str, result: execution_pb2.ExecutionResult, deadline: Deadline
+    ) -> execution_pb2.ExecutionResult:
+        """`result` with every stream's output whole, the part beyond the inline cap read."""
+        for stream, field, offset in missing_output(result):
+            rest = self.read_output(
+                execution_id, stream, offset=offset, timeout=deadline.remaining()
+            )
+            setattr(result, field, getattr(result, field) + rest)
+        return result
+
     def run(
         self,
         request: execution_pb2.ExecutionRequest,
@@ -416,15 +541,18 @@ class Client:
         timeout: float | None = None,
         on_output: Callable[[execution_pb2.OutputChunk], None] | None = None,
         on_status: StatusHandler | None = None,
+        whole_output: bool = True,
     ) -> execution_pb2.ExecutionResult:
         """Submit `request` and watch it to its result, all within one deadline, passing
-        output chunks to `on_output` and status changes (queued, running) to `on_status`."""
+        output chunks to `on_output` and status changes (queued, running) to `on_status`.
+        The result holds the whole output, read beyond the inline cap, unless
+        `whole_output` is False (then only its first bytes: see `missing_output`)."""
         deadline = self._deadline(timeout)
         execution = self.submit(
             request, idempotency_key=idempotency_key, timeout=deadline.remaining()
         )
         if on_status is not None:
-            on_status(_queued(execution))
+            on_status(queued(execution))
         with closing(self.watch(execution.id, timeout=deadline.remaining())) as events:
             for event in events:
                 if event.HasField("output") and on_output is not None:
@@ -432,7 +560,9 @@ class Client:
                 elif event.HasField("status") and on_status is not None:
                     on_status(event.status)
                 elif event.HasField("result"):
-                    return event.result
+                    if not whole_output:
+                        return event.result
+                    return self._whole(execution.id, event.result, deadline)
         raise StreamEnded(f"the watch of {execution.id} ended without a result")
 
 
@@ -443,11 +573,12 @@ async def run(
     timeout: float = 120.0,
     on_output: OutputHandler | None = None,
     on_status: StatusHandler | None = None,
+    whole_output: bool = True,
 ) -> execution_pb2.ExecutionResult:
     """`AsyncClient.run` over a channel from `connect`, which stays open: submit `request`
     and watch it to its result within `timeout` seconds in all."""
     return await AsyncClient(channel, timeout=timeout).run(
-        request, on_output=on_output, on_status=on_status
+        request, on_output=on_output, on_status=on_status, whole_output=whole_output
     )
 
 

@@ -231,7 +231,12 @@ Global___ResourceUsage: _TypeAlias = ResourceUsage  # noqa: Y015
 
 @_typing.final
 class ExecutionResult(_message.Message):
-    """The outcome of a finished execution."""
+    """The outcome of a finished execution.
+
+    Output rides inline only up to a small cap (64 KiB a stream): `stdout` and `stderr` hold the
+    first bytes, `stdout_size` and `stderr_size` say how many were kept in all, and the rest is
+    read with the gateway's ReadOutput. A message never grows with the program's output.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -245,10 +250,15 @@ class ExecutionResult(_message.Message):
     USAGE_FIELD_NUMBER: _builtins.int
     ERROR_CODE_FIELD_NUMBER: _builtins.int
     DETAIL_FIELD_NUMBER: _builtins.int
+    STDOUT_SIZE_FIELD_NUMBER: _builtins.int
+    STDERR_SIZE_FIELD_NUMBER: _builtins.int
+    OUTPUT_REF_FIELD_NUMBER: _builtins.int
     status: Global___ExecutionStatus.ValueType
     stdout: _builtins.bytes
+    """The first bytes of standard output (all of it when it is at most the inline cap)."""
     stderr: _builtins.bytes
     stdout_truncated: _builtins.bool
+    """The program wrote more than limits.output_bytes: the rest was dropped and the run stopped."""
     stderr_truncated: _builtins.bool
     exit_code: _builtins.int
     """Set when the program exited; unset when it was killed by a signal."""
@@ -258,6 +268,15 @@ class ExecutionResult(_message.Message):
     """Stable code: E001 compile, E002 runtime, E003 memory, E004 time, E005 system, E006 unsafe."""
     detail: _builtins.str
     """Human-readable explanation of the verdict."""
+    stdout_size: _builtins.int
+    """Bytes of standard output kept in all (at most limits.output_bytes); more than
+    len(stdout) when the rest is stored out of band.
+    """
+    stderr_size: _builtins.int
+    output_ref: _builtins.str
+    """Where the whole output is stored when it does not all ride inline; empty otherwise.
+    Read it with the gateway's ReadOutput, which finds it from the execution id.
+    """
     @_builtins.property
     def usage(self) -> Global___ResourceUsage: ...
     def __init__(
@@ -273,10 +292,13 @@ class ExecutionResult(_message.Message):
         usage: Global___ResourceUsage | None = ...,
         error_code: _builtins.str = ...,
         detail: _builtins.str = ...,
+        stdout_size: _builtins.int = ...,
+        stderr_size: _builtins.int = ...,
+        output_ref: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "exit_code", b"exit_code", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "detail", b"detail", "error_code", b"error_code", "exit_code", b"exit_code", "signal", b"signal", "status", b"status", "stderr", b"stderr", "stderr_truncated", b"stderr_truncated", "stdout", b"stdout", "stdout_truncated", b"stdout_truncated", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "detail", b"detail", "error_code", b"error_code", "exit_code", b"exit_code", "output_ref", b"output_ref", "signal", b"signal", "status", b"status", "stderr", b"stderr", "stderr_size", b"stderr_size", "stderr_truncated", b"stderr_truncated", "stdout", b"stdout", "stdout_size", b"stdout_size", "stdout_truncated", b"stdout_truncated", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__exit_code: _TypeAlias = _typing.Literal["exit_code"]  # noqa: Y015
     _WhichOneofArgType__exit_code: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code"]  # noqa: Y015
@@ -431,17 +453,23 @@ class OutputChunk(_message.Message):
 
     STREAM_FIELD_NUMBER: _builtins.int
     DATA_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
     stream: Global___OutputStream.ValueType
     data: _builtins.bytes
+    offset: _builtins.int
+    """Position of `data` in its stream: a client that sees a gap knows a chunk was lost and
+    reads the missing bytes with ReadOutput once the execution is final.
+    """
     def __init__(
         self,
         *,
         stream: Global___OutputStream.ValueType = ...,
         data: _builtins.bytes = ...,
+        offset: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "stream", b"stream"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "offset", b"offset", "stream", b"stream"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -524,6 +552,7 @@ class Language(_message.Message):
     DEFAULT_LIMITS_FIELD_NUMBER: _builtins.int
     MAX_LIMITS_FIELD_NUMBER: _builtins.int
     TEMPLATE_FIELD_NUMBER: _builtins.int
+    MIN_LIMITS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     name: _builtins.str
     version: _builtins.str
@@ -534,6 +563,10 @@ class Language(_message.Message):
     def default_limits(self) -> Global___Limits: ...
     @_builtins.property
     def max_limits(self) -> Global___Limits: ...
+    @_builtins.property
+    def min_limits(self) -> Global___Limits:
+        """The lowest value each limit accepts (zero still means "the default")."""
+
     def __init__(
         self,
         *,
@@ -545,10 +578,11 @@ class Language(_message.Message):
         default_limits: Global___Limits | None = ...,
         max_limits: Global___Limits | None = ...,
         template: _builtins.str = ...,
+        min_limits: Global___Limits | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["default_limits", b"default_limits", "max_limits", b"max_limits"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["default_limits", b"default_limits", "max_limits", b"max_limits", "min_limits", b"min_limits"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["compiled", b"compiled", "default_limits", b"default_limits", "file_name", b"file_name", "id", b"id", "max_limits", b"max_limits", "name", b"name", "template", b"template", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["compiled", b"compiled", "default_limits", b"default_limits", "file_name", b"file_name", "id", b"id", "max_limits", b"max_limits", "min_limits", b"min_limits", "name", b"name", "template", b"template", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

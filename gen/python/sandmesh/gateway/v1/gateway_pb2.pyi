@@ -192,6 +192,60 @@ class WatchExecutionResponse(_message.Message):
 Global___WatchExecutionResponse: _TypeAlias = WatchExecutionResponse  # noqa: Y015
 
 @_typing.final
+class ReadOutputRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXECUTION_ID_FIELD_NUMBER: _builtins.int
+    STREAM_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    execution_id: _builtins.str
+    stream: _execution_pb2.OutputStream.ValueType
+    """STDOUT or STDERR."""
+    offset: _builtins.int
+    """First byte to read."""
+    limit: _builtins.int
+    """Most bytes to read; 0 reads to the end."""
+    def __init__(
+        self,
+        *,
+        execution_id: _builtins.str = ...,
+        stream: _execution_pb2.OutputStream.ValueType = ...,
+        offset: _builtins.int = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["execution_id", b"execution_id", "limit", b"limit", "offset", b"offset", "stream", b"stream"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReadOutputRequest: _TypeAlias = ReadOutputRequest  # noqa: Y015
+
+@_typing.final
+class ReadOutputResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OFFSET_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    offset: _builtins.int
+    """Position of `data` in the stream."""
+    data: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        offset: _builtins.int = ...,
+        data: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "offset", b"offset"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReadOutputResponse: _TypeAlias = ReadOutputResponse  # noqa: Y015
+
+@_typing.final
 class CancelExecutionRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -56,6 +56,11 @@ class GatewayServiceStub:
                 request_serializer=sandmesh_dot_gateway_dot_v1_dot_gateway__pb2.WatchExecutionRequest.SerializeToString,
                 response_deserializer=sandmesh_dot_gateway_dot_v1_dot_gateway__pb2.WatchExecutionResponse.FromString,
                 _registered_method=True)
+        self.ReadOutput = channel.unary_stream(
+                '/sandmesh.gateway.v1.GatewayService/ReadOutput',
+                request_serializer=sandmesh_dot_gateway_dot_v1_dot_gateway__pb2.ReadOutputRequest.SerializeToString,
+                response_deserializer=sandmesh_dot_gateway_dot_v1_dot_gateway__pb2.ReadOutputResponse.FromString,
+                _registered_method=True)
         self.CancelExecution = channel.unary_unary(
                 '/sandmesh.gateway.v1.GatewayService/CancelExecution',
                 request_serializer=sandmesh_dot_gateway_dot_v1_dot_gateway__pb2.CancelExecutionRequest.SerializeToString,
@@ -171,6 +176,14 @@ class GatewayServiceServicer:
 
     def WatchExecution(self, request, context):
         """Stream an execution's events: its current state, then live events, ending with the result.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReadOutput(self, request, context):
+        """Read a finished execution's output from an offset, in chunks of at most 256 KiB: the
+        way to get output beyond what rides inline in its result.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -313,6 +326,11 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     servicer.WatchExecution,
                     request_deserializer=sandmesh_dot_gateway_dot_v1_dot_gateway__pb2.WatchExecutionRequest.FromString,
                     response_serializer=sandmesh_dot_gateway_dot_v1_dot_gateway__pb2.WatchExecutionResponse.SerializeToString,
+            ),
+            'ReadOutput': grpc.unary_stream_rpc_method_handler(
+                    servicer.ReadOutput,
+                    request_deserializer=sandmesh_dot_gateway_dot_v1_dot_gateway__pb2.ReadOutputRequest.FromString,
+                    response_serializer=sandmesh_dot_gateway_dot_v1_dot_gateway__pb2.ReadOutputResponse.SerializeToString,
             ),
             'CancelExecution': grpc.unary_unary_rpc_method_handler(
                     servicer.CancelExecution,
@@ -510,6 +528,33 @@ class GatewayService:
             '/sandmesh.gateway.v1.GatewayService/WatchExecution',
             sandmesh_dot_gateway_dot_v1_dot_gateway__pb2.WatchExecutionRequest.SerializeToString,
             sandmesh_dot_gateway_dot_v1_dot_gateway__pb2.WatchExecutionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadOutput(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/sandmesh.gateway.v1.GatewayService/ReadOutput',
+            sandmesh_dot_gateway_dot_v1_dot_gateway__pb2.ReadOutputRequest.SerializeToString,
+            sandmesh_dot_gateway_dot_v1_dot_gateway__pb2.ReadOutputResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -43,6 +43,10 @@ class GatewayServiceStub:
     """Read one execution."""
     WatchExecution: _grpc.UnaryStreamMultiCallable[_gateway_pb2.WatchExecutionRequest, _gateway_pb2.WatchExecutionResponse]
     """Stream an execution's events: its current state, then live events, ending with the result."""
+    ReadOutput: _grpc.UnaryStreamMultiCallable[_gateway_pb2.ReadOutputRequest, _gateway_pb2.ReadOutputResponse]
+    """Read a finished execution's output from an offset, in chunks of at most 256 KiB: the
+    way to get output beyond what rides inline in its result.
+    """
     CancelExecution: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.CancelExecutionRequest, _gateway_pb2.CancelExecutionResponse]
     """Cancel a queued or running execution."""
     SubmitBatch: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.SubmitBatchRequest, _gateway_pb2.SubmitBatchResponse]
@@ -89,6 +93,10 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
     """Read one execution."""
     WatchExecution: _aio.UnaryStreamMultiCallable[_gateway_pb2.WatchExecutionRequest, _gateway_pb2.WatchExecutionResponse]  # type: ignore[assignment]
     """Stream an execution's events: its current state, then live events, ending with the result."""
+    ReadOutput: _aio.UnaryStreamMultiCallable[_gateway_pb2.ReadOutputRequest, _gateway_pb2.ReadOutputResponse]  # type: ignore[assignment]
+    """Read a finished execution's output from an offset, in chunks of at most 256 KiB: the
+    way to get output beyond what rides inline in its result.
+    """
     CancelExecution: _aio.UnaryUnaryMultiCallable[_gateway_pb2.CancelExecutionRequest, _gateway_pb2.CancelExecutionResponse]  # type: ignore[assignment]
     """Cancel a queued or running execution."""
     SubmitBatch: _aio.UnaryUnaryMultiCallable[_gateway_pb2.SubmitBatchRequest, _gateway_pb2.SubmitBatchResponse]  # type: ignore[assignment]
@@ -156,6 +164,16 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_gateway_pb2.WatchExecutionResponse], _abc.AsyncIterator[_gateway_pb2.WatchExecutionResponse]]:
         """Stream an execution's events: its current state, then live events, ending with the result."""
+
+    @_abc_1.abstractmethod
+    def ReadOutput(
+        self,
+        request: _gateway_pb2.ReadOutputRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_gateway_pb2.ReadOutputResponse], _abc.AsyncIterator[_gateway_pb2.ReadOutputResponse]]:
+        """Read a finished execution's output from an offset, in chunks of at most 256 KiB: the
+        way to get output beyond what rides inline in its result.
+        """
 
     @_abc_1.abstractmethod
     def CancelExecution(
