@@ -143,7 +143,10 @@ class Lifecycle:
         job = execution_pb2.Job.FromString(raw.data or b"")
         deliveries = int(notice.get("deliveries", 0))
         closed = await self.store.dead_letter(
-            job.execution_id, f"no executor finished it in {deliveries} deliveries", deliveries
+            job.execution_id,
+            f"no executor finished it in {deliveries} deliveries: each attempt ended without"
+            " a result (its executor stopped, or lost the job)",
+            deliveries,
         )
         if closed is not None:
             await self._closed(closed)

@@ -412,8 +412,9 @@ class ExecutionStore:
         their jobs after ack_wait, to whichever executor pulls next."""
         async with self._pool.connection() as conn:
             cursor = await conn.execute(
-                "UPDATE executions SET status = %s WHERE status = %s AND executor_id = %s"
-                " RETURNING id::text",
+                "UPDATE executions SET status = %s, last_error = 'executor ' || executor_id"
+                " || ' went silent during attempt ' || attempt"
+                " WHERE status = %s AND executor_id = %s RETURNING id::text",
                 (statuses.QUEUED, statuses.RUNNING, executor_id),
             )
             return [row[0] for row in await cursor.fetchall()]

@@ -226,6 +226,7 @@ async def test_job_whose_executor_dies_every_time_is_dead_lettered_and_replays(
     )
     (letter,) = [d for d in listed.dead_letters if d.execution_id == execution.id]
     assert letter.deliveries == 2
+    assert "each attempt ended without a result" in letter.reason
     assert letter.request.source == execution.request.source
     hidden = await scheduler.ListDeadLetters(
         scheduler_pb2.ListDeadLettersRequest(tenant=tenant()), timeout=5
