@@ -26,7 +26,7 @@ from services.executor.cancels import Cancellations
 from services.executor.server import ExecutorServicer
 from services.executor.settings import ExecutorSettings
 from services.executor.warm import WarmPools
-from services.executor.worker import POST_RUN_S, Ledger, Worker
+from services.executor.worker import ACK_S, Ledger, Worker
 
 # Jobs running at SIGTERM get this long to finish; the rest are handed back to the queue.
 DRAIN_WAIT_S = 20.0
@@ -55,7 +55,15 @@ class Executor:
         self.pools = WarmPools(self.registry, settings.warm_pool_size)
         ledger = Ledger()
         self.workers = [
-            Worker(self.queue, self.registry, self.executor_id, self.cancels, self.pools, ledger)
+            Worker(
+                self.queue,
+                self.registry,
+                self.executor_id,
+                self.cancels,
+                self.pools,
+                ledger,
+                settings.report_timeout_s,
+            )
             for _ in range(max(1, settings.concurrency))
         ]
         self.tasks = TaskGroup()
@@ -71,7 +79,8 @@ class Executor:
             )
             / 1000
         )
-        self.wedged_after_s = longest_run_s + POST_RUN_S + WEDGED_MARGIN_S
+        reporting_s = 2 * settings.report_timeout_s + ACK_S
+        self.wedged_after_s = longest_run_s + reporting_s + WEDGED_MARGIN_S
 
     def register(self, server: grpc.aio.Server) -> Sequence[str]:
         executor_pb2_grpc.add_ExecutorServiceServicer_to_server(

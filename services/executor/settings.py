@@ -22,6 +22,12 @@ class ExecutorSettings:
     languages_file: str = env(
         "SANDMESH_LANGUAGES_FILE", "", "language registry to use instead of the built-in one"
     )
+    report_timeout_s: float = env(
+        "SANDMESH_REPORT_TIMEOUT_S",
+        60.0,
+        "bound on storing a run's output and on publishing its result, each; past it the"
+        " slot is freed and the job handed back",
+    )
     heartbeat_interval_s: float = env(
         "SANDMESH_HEARTBEAT_INTERVAL_S", 2.0, "how often it announces itself to the scheduler"
     )

@@ -41,12 +41,9 @@ LANE_PEEK_S = 0.02
 # nak would redeliver at once, and consumer backoff would replace ack_wait; see the docs).
 RETRY_BASE_S = 1.0
 RETRY_MAX_S = 30.0
-# Each step after the program ends has its own bound, so a slot is never held for good:
-# storing a large output, publishing the result (through a NATS outage too), acking.
-STORE_OUTPUT_S = 60.0
-PUBLISH_RESULT_S = 60.0
+# The ack's own bound; storing the output and publishing the result have the executor's
+# report_timeout_s each, so a slot is never held for good after its program ends.
 ACK_S = 10.0
-POST_RUN_S = STORE_OUTPUT_S + PUBLISH_RESULT_S + ACK_S
 
 _STREAMS = {
     "stdout": execution_pb2.OUTPUT_STREAM_STDOUT,
@@ -122,8 +119,10 @@ class Worker:
         cancels: Cancellations,
         pools: WarmPools,
         ledger: Ledger,
+        report_timeout_s: float,
     ) -> None:
         self._queue = queue
+        self._report_timeout_s = report_timeout_s
         self._registry = registry
         self._executor_id = executor_id
         self._cancels = cancels
@@ -315,7 +314,7 @@ class Worker:
                     lambda: outputs.store(
                         js, wire.result.output_ref, result.stdout, result.stderr, max_payload
                     ),
-                    until=time.monotonic() + STORE_OUTPUT_S,
+                    until=time.monotonic() + self._report_timeout_s,
                     permanent=faults.permanent,
                     what="storing the output",
                 )
@@ -332,7 +331,7 @@ class Worker:
     async def _publish(self, js: JetStreamContext, job_result: execution_pb2.JobResult) -> None:
         await retry_until(
             lambda: messages.publish_result(js, job_result),
-            until=time.monotonic() + PUBLISH_RESULT_S,
+            until=time.monotonic() + self._report_timeout_s,
             permanent=faults.permanent,
             what="publishing the result",
         )

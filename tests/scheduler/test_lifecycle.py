@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -437,3 +439,33 @@ async def test_infrastructure_failures_are_retried_with_backoff_then_dead_letter
     )
     (letter,) = listed.dead_letters
     assert "nonexistent" in letter.last_error or "setup failed" in letter.last_error, letter
+
+
+async def test_a_result_that_cannot_go_out_frees_its_slot_and_the_job_is_handed_back(
+    scheduler: Stub, island: Island
+) -> None:
+    executor = island.start_executor(SANDMESH_REPORT_TIMEOUT_S="2")
+    who = tenant()
+    execution = await enqueue(scheduler, who, source="import time\ntime.sleep(1.5)\nprint('done')")
+    await wait_status(scheduler, who, execution.id, {execution_pb2.EXECUTION_STATUS_RUNNING})
+    # NATS stops answering (SIGSTOP: the connection stays up, nothing is acknowledged) while
+    # the program ends, so its result cannot be published within the report bound.
+    os.kill(island.nats.pid, signal.SIGSTOP)
+    try:
+        handed_back = "result not delivered; job handed back"
+        deadline = time.monotonic() + 15
+        while handed_back not in executor.log_path.read_text():
+            assert time.monotonic() < deadline, "the executor never gave the job up"
+            await asyncio.sleep(0.2)
+    finally:
+        os.kill(island.nats.pid, signal.SIGCONT)
+    final = await wait_status(
+        scheduler, who, execution.id, {execution_pb2.EXECUTION_STATUS_COMPLETED}, timeout=30
+    )
+    assert final.result.stdout == b"done\n"
+    assert executor.exit_code() is None
+    served = await enqueue(scheduler, who, source="print('next')")
+    after = await wait_status(
+        scheduler, who, served.id, {execution_pb2.EXECUTION_STATUS_COMPLETED}, timeout=30
+    )
+    assert after.result.stdout == b"next\n"
