@@ -160,6 +160,32 @@ async def test_every_rpc_serves_sixteen_mib_of_output_to_a_default_client(
             gateway_pb2.BatchGetExecutionsRequest(execution_ids=[ran.id] * 100), timeout=30
         )
         assert all(item.execution.id == ran.id or item.error_code for item in batch.results)
+        session = (
+            await gateway.CreateSession(
+                gateway_pb2.CreateSessionRequest(language="python3", source=floods.SIXTEEN_MIB),
+                timeout=10,
+            )
+        ).session
+        started = await gateway.RunSession(
+            gateway_pb2.RunSessionRequest(session_id=session.id, limits=largest), timeout=10
+        )
+        async for _ in gateway.WatchExecution(
+            gateway_pb2.WatchExecutionRequest(execution_id=started.execution.id), timeout=60
+        ):
+            pass
+        listed = await gateway.ListSessionExecutions(
+            gateway_pb2.ListSessionExecutionsRequest(session_id=session.id), timeout=10
+        )
+        (session_run,) = listed.executions
+        assert session_run.result.stdout_size == 8 * MIB
+        batch_submitted = await gateway.SubmitBatch(
+            gateway_pb2.SubmitBatchRequest(
+                items=[gateway_pb2.SubmitExecutionRequest(request=submission.request)] * 3
+            ),
+            timeout=30,
+        )
+        assert all(item.execution.id for item in batch_submitted.results)
+
         cancelled = await gateway.CancelExecution(
             gateway_pb2.CancelExecutionRequest(execution_id=ran.id), timeout=10
         )

@@ -15,6 +15,7 @@ from typing import TypeAlias
 import grpc
 import nats
 import nats.errors
+import psycopg
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import error_details_pb2
@@ -24,7 +25,7 @@ from sandmesh.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 from sandmesh_queue import messages, subjects
 from sandmesh_runtime.errors import details_of
 from services.executor import languages
-from tests.scheduler.conftest import MAX_QUEUED_PER_TENANT, Island, wait_ready
+from tests.scheduler.conftest import ACK_WAIT_S, MAX_QUEUED_PER_TENANT, Island, wait_ready
 
 Stub: TypeAlias = "scheduler_pb2_grpc.SchedulerServiceAsyncStub"
 
@@ -469,3 +470,36 @@ async def test_a_result_that_cannot_go_out_frees_its_slot_and_the_job_is_handed_
         scheduler, who, served.id, {execution_pb2.EXECUTION_STATUS_COMPLETED}, timeout=30
     )
     assert after.result.stdout == b"next\n"
+
+
+async def test_a_job_that_does_not_parse_is_closed_at_once_and_never_retried(
+    scheduler: Stub, island: Island
+) -> None:
+    who = tenant()
+    execution_id = str(uuid.uuid4())
+    # A row as the scheduler would store it, with a job no executor can read: a fault a
+    # well-behaved scheduler cannot make, so the test writes the bytes itself.
+    async with await psycopg.AsyncConnection.connect(island.env["DATABASE_URL"]) as conn:
+        await conn.execute(
+            "INSERT INTO executions (id, tenant, request, language, priority, status, deadline)"
+            " VALUES (%s, %s, %s, 'python3', 'interactive', 'QUEUED', now() + interval '1 hour')",
+            (uuid.UUID(execution_id), who, program("print(1)").SerializeToString()),
+        )
+        await conn.commit()
+    nc = await nats.connect(island.nats.url)
+    try:
+        await nc.jetstream().publish(
+            subjects.job_subject("interactive"),
+            b"\xff\xff\xff not a protobuf",
+            headers={subjects.MSG_ID_HEADER: execution_id},
+        )
+    finally:
+        await nc.close()
+    executor = island.start_executor()
+    final = await wait_status(
+        scheduler, who, execution_id, {execution_pb2.EXECUTION_STATUS_SYSTEM_ERROR}, timeout=15
+    )
+    assert "could not be read" in final.result.detail
+    assert await jobs_in_stream(island) == 0
+    await asyncio.sleep(2 * ACK_WAIT_S)  # a redelivery would come within ack_wait
+    assert executor.log_path.read_text().count("unreadable job dropped") == 1
