@@ -20,6 +20,7 @@ from nats.js.errors import BadRequestError, NotFoundError, ObjectNotFoundError
 from nats.js.object_store import ObjectStore
 
 from sandmesh.execution.v1 import execution_pb2
+from sandmesh_runtime import errors
 
 BUCKET = "sandmesh-outputs"
 _BUCKET_STREAM = f"OBJ_{BUCKET}"
@@ -36,7 +37,7 @@ STREAM_NAMES = {
 }
 
 
-class OutputUnavailable(Exception):
+class OutputUnavailable(errors.NotFound):
     """The stored output is gone (past its retention) or was never stored."""
 
 

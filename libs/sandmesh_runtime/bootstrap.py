@@ -14,7 +14,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from sandmesh_runtime import deadlines, interceptors, metrics, settings, telemetry
+from sandmesh_runtime import deadlines, errors, interceptors, metrics, settings, telemetry
 from sandmesh_runtime.health import Check, Health
 from sandmesh_runtime.logs import setup_logging
 from sandmesh_runtime.settings import env
@@ -44,8 +44,8 @@ class RuntimeSettings:
 
 @runtime_checkable
 class HasHooks(Protocol):
-    """A service with call hooks of its own (auth, say), run after tracing, deadline and
-    logging."""
+    """A service with call hooks of its own (auth, say), run after tracing, deadline,
+    logging and the error boundary, so what they raise is answered like a handler's."""
 
     def hooks(self) -> Sequence[interceptors.CallHook]: ...
 
@@ -77,6 +77,7 @@ async def serve(service: Service, port: int, runtime: RuntimeSettings) -> None:
                     telemetry.tracing_hook,
                     deadlines.deadline_hook,
                     interceptors.logging_hook,
+                    errors.error_hook,
                     *(service.hooks() if isinstance(service, HasHooks) else ()),
                 ]
             )

@@ -14,14 +14,12 @@ from typing import Any
 
 import grpc
 
+from sandmesh_runtime.errors import DeadlineExceeded
+
 DEADLINE_HEADER = "Sandmesh-Deadline"
 HANDOFF_MARGIN_S = 0.005
 
 _deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("deadline", default=None)
-
-
-class DeadlineExceeded(Exception):
-    """The caller's deadline passed before the work could start."""
 
 
 def current() -> float | None:
@@ -75,13 +73,9 @@ def from_header(value: str | None) -> float | None:
 async def deadline_hook(
     method: str, context: grpc.aio.ServicerContext[Any, Any]
 ) -> AsyncIterator[None]:
-    """Call hook: expose the call's deadline through `current()` while it is served, and
-    answer DEADLINE_EXCEEDED when the handler found no time left to go on."""
+    """Call hook: expose the call's deadline through `current()` while it is served."""
     remaining = context.time_remaining()
     # Not reset afterwards: every call runs in a task (and context) of its own, and a stream
     # its client abandoned is closed from another context, where a reset would fail.
     _deadline.set(None if remaining is None else time.time() + remaining)
-    try:
-        yield
-    except DeadlineExceeded as exc:
-        await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(exc))
+    yield

@@ -16,7 +16,7 @@ from typing import Any
 
 import grpc
 
-from sandmesh_runtime import deadlines, metrics
+from sandmesh_runtime import deadlines, errors, metrics
 
 CallHook = Callable[[str, "grpc.aio.ServicerContext[Any, Any]"], AbstractAsyncContextManager[None]]
 
@@ -41,8 +41,10 @@ def _recording_status(context: grpc.aio.ServicerContext[Any, Any]) -> Iterator[N
     except grpc.aio.AbortError:
         _status.set(context.code() or grpc.StatusCode.UNKNOWN)
         raise
-    except Exception:
-        _status.set(grpc.StatusCode.UNKNOWN)
+    except Exception as exc:
+        # What errors.error_hook, further out, will answer.
+        refusal = errors.translate(exc)
+        _status.set(grpc.StatusCode.UNKNOWN if refusal is None else refusal.code)
         raise
 
 
@@ -59,37 +61,53 @@ async def _entered(
 
 
 def _wrap(handler: Any, method: str, hooks: Sequence[CallHook]) -> Any:
-    # grpc's stubs type handlers as synchronous; in grpc.aio their behaviours are coroutines.
+    """The handler with `hooks` around it, whatever its kind: every call is authenticated,
+    bounded, logged and traced, streams from the client included."""
+    # grpc's stubs type handlers as synchronous; in grpc.aio their behaviours are coroutines
+    # (unary responses) or async generators (streamed responses).
+    codecs = {
+        "request_deserializer": handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
     if handler.unary_unary is not None:
-        unary = handler.unary_unary
+        unary_unary = handler.unary_unary
 
-        async def unary_unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        async def answer(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             async with _entered(hooks, method, context):
-                return await unary(request, context)
+                return await unary_unary(request, context)
 
-        return grpc.unary_unary_rpc_method_handler(
-            unary_unary,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        return grpc.unary_unary_rpc_method_handler(answer, **codecs)
+    if handler.stream_unary is not None:
+        stream_unary = handler.stream_unary
+
+        async def answer_stream(
+            requests: Any, context: grpc.aio.ServicerContext[Any, Any]
+        ) -> Any:
+            async with _entered(hooks, method, context):
+                return await stream_unary(requests, context)
+
+        return grpc.stream_unary_rpc_method_handler(answer_stream, **codecs)
     if handler.unary_stream is not None:
-        stream = handler.unary_stream
+        unary_stream = handler.unary_stream
 
-        async def unary_stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        async def stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             async with _entered(hooks, method, context):
-                async for response in stream(request, context):
+                async for response in unary_stream(request, context):
                     yield response
 
-        return grpc.unary_stream_rpc_method_handler(
-            unary_stream,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
-    return handler
+        return grpc.unary_stream_rpc_method_handler(stream, **codecs)
+    stream_stream = handler.stream_stream
+
+    async def exchange(requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        async with _entered(hooks, method, context):
+            async for response in stream_stream(requests, context):
+                yield response
+
+    return grpc.stream_stream_rpc_method_handler(exchange, **codecs)
 
 
 class HookInterceptor(grpc.aio.ServerInterceptor):
-    """Applies `hooks` to every unary-unary and unary-stream method of the server."""
+    """Applies `hooks` to every method of the server, of all four kinds."""
 
     def __init__(self, hooks: Sequence[CallHook]) -> None:
         self._hooks = tuple(hooks)

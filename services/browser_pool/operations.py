@@ -14,7 +14,7 @@ from playwright.async_api import Error as PlaywrightError
 from playwright.async_api import FloatRect, Page
 from playwright.async_api import TimeoutError as PlaywrightTimeout
 
-from sandmesh_runtime import deadlines
+from sandmesh_runtime import deadlines, errors
 from services.browser_pool.pool import Job, Pool
 
 T = TypeVar("T")
@@ -30,12 +30,15 @@ class WaitFor(enum.Enum):
     SELECTOR = "selector"
 
 
-class PolicyDenied(Exception):
+class PolicyDenied(errors.PermissionDenied):
     """The page, or a redirect it followed, is not allowed."""
 
 
-class PageFailed(Exception):
+class PageFailed(errors.FailedPrecondition):
     """The page could not be loaded or the operation failed inside it."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"page error: {message}")
 
 
 @dataclass(frozen=True)
@@ -62,7 +65,7 @@ def _budget(pool: Pool) -> float:
     if left is not None:
         budget = min(budget, left - DEADLINE_MARGIN_S)
     if budget <= 0:
-        raise deadlines.DeadlineExceeded("the caller's deadline has passed")
+        raise errors.DeadlineExceeded("the caller's deadline has passed")
     return budget
 
 
@@ -113,7 +116,7 @@ async def _run(pool: Pool, spec: PageSpec, action: Callable[[Page], Awaitable[T]
             async with asyncio.timeout(budget):
                 return await pool.guarded(job.browser, _open_and(job, spec, budget, action))
         except (TimeoutError, PlaywrightTimeout):
-            raise deadlines.DeadlineExceeded(
+            raise errors.DeadlineExceeded(
                 f"the page did not finish within {budget:.1f} s"
             ) from None
         except PlaywrightError as exc:

@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 from playwright.async_api import BrowserContext, Playwright, WebSocketRoute, async_playwright
 from playwright.async_api import Error as PlaywrightError
 
-from sandmesh_runtime import deadlines
+from sandmesh_runtime import deadlines, errors
 from sandmesh_runtime.tasks import TaskGroup
 from services.browser_pool import procs
 from services.browser_pool.chromium import Chromium
@@ -43,19 +43,18 @@ DRIVER_PROBE_S = 3.0
 ANY_URL = re.compile(".*")
 
 
-class Refused(Exception):
+class Refused(errors.ResourceExhausted):
     """The pool cannot take the job now; the caller may retry after `retry_after`."""
 
     def __init__(self, message: str, retry_after: float = RETRY_AFTER_S) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
+        super().__init__(message, retry_after=retry_after)
 
 
-class Stopping(Exception):
+class Stopping(errors.Unavailable):
     """The pool is shutting down."""
 
 
-class BrowserCrashed(Exception):
+class BrowserCrashed(errors.Unavailable):
     """The browser running the job died or hung during it."""
 
 
@@ -165,7 +164,7 @@ class Pool:
             if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
                 self._release(waiter.result())
             if isinstance(exc, TimeoutError):
-                raise deadlines.DeadlineExceeded(
+                raise errors.DeadlineExceeded(
                     "no browser page became free before the deadline"
                 ) from None
             raise

@@ -11,10 +11,10 @@ import grpc
 from playwright.async_api import Error as PlaywrightError
 
 from sandmesh.browser.v1 import browser_pb2, browser_pb2_grpc
-from sandmesh_runtime import deadlines, errors
+from sandmesh_runtime import errors
 from services.browser_pool import operations
-from services.browser_pool.operations import PageFailed, PageSpec, PolicyDenied, WaitFor
-from services.browser_pool.pool import BrowserCrashed, Pool, Refused, Stopping
+from services.browser_pool.operations import PageSpec, WaitFor
+from services.browser_pool.pool import Pool
 
 Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 T = TypeVar("T")
@@ -96,35 +96,19 @@ class BrowserPoolServicer(browser_pb2_grpc.BrowserPoolServiceServicer):
     ) -> PageSpec:
         spec = _page_spec(page, violations)
         if violations:
-            await errors.invalid_argument(context, violations)
+            raise errors.InvalidArgument(violations)
         # The top-level URL is refused before it takes a page; the browser checks it again.
         reason = await self._pool.policy.check(spec.url)
         if reason is not None:
-            await errors.abort(
-                context, grpc.StatusCode.PERMISSION_DENIED, f"page.url is not allowed: {reason}"
-            )
+            raise errors.PermissionDenied(f"page.url is not allowed: {reason}")
         return spec
 
     async def _serve(self, work: Awaitable[T], context: Context) -> T:
+        """The job's answer; Playwright's own errors mean the browser is in trouble."""
         try:
             return await work
-        except Refused as exc:
-            await errors.abort(
-                context,
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                str(exc),
-                errors.retry_info(exc.retry_after),
-            )
-        except deadlines.DeadlineExceeded as exc:
-            await errors.abort(context, grpc.StatusCode.DEADLINE_EXCEEDED, str(exc))
-        except PolicyDenied as exc:
-            await errors.abort(context, grpc.StatusCode.PERMISSION_DENIED, str(exc))
-        except PageFailed as exc:
-            await errors.abort(context, grpc.StatusCode.FAILED_PRECONDITION, f"page error: {exc}")
-        except (BrowserCrashed, Stopping) as exc:
-            await errors.unavailable(context, str(exc))
         except PlaywrightError as exc:
-            await errors.unavailable(context, f"browser error: {exc.message.splitlines()[0]}")
+            raise errors.Unavailable(f"browser error: {exc.message.splitlines()[0]}") from exc
 
     async def Screenshot(
         self, request: browser_pb2.ScreenshotRequest, context: Context

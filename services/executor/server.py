@@ -44,9 +44,7 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
     ) -> executor_pb2.GetLanguageResponse:
         spec = self._registry.get(request.language_id)
         if spec is None:
-            await errors.abort(
-                context, grpc.StatusCode.NOT_FOUND, f"language {request.language_id!r} not found"
-            )
+            raise errors.NotFound(f"language {request.language_id!r} not found")
         return executor_pb2.GetLanguageResponse(
             language=to_proto(spec, self._versions.get(spec.id, ""))
         )

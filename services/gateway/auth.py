@@ -74,20 +74,16 @@ class Authenticator:
             return DEVELOPMENT_CALLER
         key = _bearer(context)
         if key is None:
-            await errors.abort(
-                context,
-                grpc.StatusCode.UNAUTHENTICATED,
+            raise errors.Unauthenticated(
                 "missing API key: send the metadata 'authorization: Bearer <key>'",
             )
         try:
             caller = await self._store.caller(key, VERIFY_WAIT_S)
         except Exception as exc:
             log.warning("cannot verify API keys; denying", extra={"error": str(exc)})
-            await errors.unavailable(context, "the API key cannot be verified now; denied")
+            raise errors.Unavailable("the API key cannot be verified now; denied") from exc
         if caller is None:
-            await errors.abort(
-                context, grpc.StatusCode.UNAUTHENTICATED, "unknown or revoked API key"
-            )
+            raise errors.Unauthenticated("unknown or revoked API key")
         return caller
 
     @contextlib.asynccontextmanager

@@ -20,6 +20,7 @@ from sandmesh_runtime.settings import load
 from sandmesh_runtime.tasks import TaskGroup
 from services.gateway.auth import Authenticator
 from services.gateway.languages import LanguageCatalog
+from services.gateway.quotas import Quotas
 from services.gateway.server import GatewayServicer
 from services.gateway.sessions import SessionStore
 from services.gateway.settings import GatewaySettings
@@ -60,7 +61,7 @@ class Gateway:
             scheduler_pb2_grpc.SchedulerServiceStub(self.scheduler_channel),
             browser_pb2_grpc.BrowserPoolServiceStub(self.browser_channel),
             LanguageCatalog(executor_pb2_grpc.ExecutorServiceStub(self.executor_channel)),
-            self.tenants,
+            Quotas(self.tenants, self.settings),
             SessionStore(self.pool),
             self.queue,
             self.settings,

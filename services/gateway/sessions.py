@@ -10,12 +10,12 @@ from psycopg_pool import AsyncConnectionPool
 
 from sandmesh.gateway.v1 import gateway_pb2
 from sandmesh_db.rows import copy_times, parse_id
-from sandmesh_runtime import deadlines
+from sandmesh_runtime import deadlines, errors
 
 _COLUMNS = "id, language, source, revision, closed, created_at, updated_at"
 
 
-class StaleRevision(Exception):
+class StaleRevision(errors.Aborted):
     """The write named a revision that is no longer the latest."""
 
     def __init__(self, given: int, latest: int) -> None:
@@ -24,7 +24,7 @@ class StaleRevision(Exception):
         )
 
 
-class SessionClosed(Exception):
+class SessionClosed(errors.FailedPrecondition):
     """The session was closed; it can be read but not changed or run."""
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sandmesh.execution.v1 import execution_pb2
 from sandmesh_contracts.files import is_plain_file_name
+from sandmesh_runtime import errors
 
 Violations = list[tuple[str, str]]
 
@@ -46,6 +47,21 @@ def execution_request(
             )
         )
     return problems
+
+
+def idempotency_key(key: str, prefix: str = "") -> Violations:
+    """Problems with an idempotency key found at `prefix` in the call's message."""
+    field = f"{prefix}idempotency_key"
+    problems = text_problems({field: key})
+    if len(key) > MAX_KEY_LENGTH:
+        problems.append((field, f"must be at most {MAX_KEY_LENGTH} characters, got {len(key)}"))
+    return problems
+
+
+def batch_size(field: str, count: int) -> None:
+    """InvalidArgument unless a batch holds 1 to MAX_BATCH entries."""
+    if not 1 <= count <= MAX_BATCH:
+        raise errors.InvalidArgument([(field, f"must hold 1 to {MAX_BATCH} entries, got {count}")])
 
 
 def session_source(

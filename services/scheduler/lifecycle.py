@@ -16,23 +16,28 @@ from sandmesh.execution.v1 import execution_pb2
 from sandmesh_contracts import statuses
 from sandmesh_queue import messages, outputs, subjects
 from sandmesh_queue.connection import Queue
-from sandmesh_runtime import metrics
+from sandmesh_runtime import errors, metrics
 from services.scheduler.store import Closed, ExecutionStore, NewExecution
 
 log = logging.getLogger("sandmesh.scheduler")
 
 
-class QueueUnavailable(Exception):
+class QueueUnavailable(errors.Unavailable):
     """The job could not be handed to JetStream; the execution was closed, nothing ran."""
 
 
-class JobTooLarge(Exception):
+class JobTooLarge(errors.InvalidArgument):
     """The request would make a job larger than the NATS server carries: refused, since
     no retry could ever queue it."""
 
     def __init__(self, size: int, budget: int) -> None:
         super().__init__(
-            f"makes a job of {size} bytes; this mesh's work queue carries at most {budget}"
+            [
+                (
+                    "request",
+                    f"makes a job of {size} bytes; this mesh's work queue carries at most {budget}",
+                )
+            ]
         )
 
 
@@ -77,7 +82,7 @@ class Lifecycle:
             if await self.store.finish(execution.id, 0, result):
                 with contextlib.suppress(Exception):
                     await self._tell_watchers(js, execution.id, result)
-            raise QueueUnavailable(str(exc)) from exc
+            raise QueueUnavailable("the work queue is unavailable") from exc
         await self.store.set_job_seq(execution.id, ack.seq)
         return execution, True
 

@@ -19,7 +19,7 @@ from sandmesh_contracts import statuses
 from sandmesh_contracts.wire import MAX_RESPONSE_BYTES
 from sandmesh_db.rows import copy_times, parse_id
 from sandmesh_queue import subjects
-from sandmesh_runtime import deadlines
+from sandmesh_runtime import deadlines, errors
 
 _COLUMNS = (
     "id, tenant, request, status, attempt, result, created_at, started_at, finished_at,"
@@ -28,7 +28,11 @@ _COLUMNS = (
 IDEMPOTENCY_WINDOW = "24 hours"
 
 
-class IdempotencyConflict(Exception):
+# How long a caller refused for a full queue is asked to wait.
+QUEUE_FULL_RETRY_S = 2.0
+
+
+class IdempotencyConflict(errors.AlreadyExists):
     """The key was used within the window for a different request."""
 
     def __init__(self, key: str, execution_id: str) -> None:
@@ -36,16 +40,18 @@ class IdempotencyConflict(Exception):
             f"idempotency key {key!r} was already used for a different request"
             f" (execution {execution_id})"
         )
-        self.key = key
 
 
-class QueueFull(Exception):
+class QueueFull(errors.QuotaExceeded):
     """Accepting one more would pass a queue-depth limit."""
 
-    def __init__(self, scope: str, limit: int) -> None:
-        super().__init__(f"the {scope} queue is full ({limit} executions waiting)")
-        self.scope = scope
-        self.limit = limit
+    def __init__(self, scope: str, tenant: str, limit: int) -> None:
+        super().__init__(
+            f"the {scope} queue is full ({limit} executions waiting)",
+            f"tenant:{tenant}",
+            f"{limit} open executions",
+            QUEUE_FULL_RETRY_S,
+        )
 
 
 @dataclass(frozen=True)
@@ -95,9 +101,12 @@ def encode_page_token(created_at: datetime, row_id: uuid.UUID) -> str:
 
 
 def decode_page_token(token: str) -> tuple[datetime, uuid.UUID]:
-    """Raises ValueError for a token this service did not make."""
-    created, row_id = base64.urlsafe_b64decode(token.encode()).decode().split("|")
-    return datetime.fromisoformat(created), uuid.UUID(row_id)
+    """The position a page token stands for; InvalidArgument for one we did not make."""
+    try:
+        created, row_id = base64.urlsafe_b64decode(token.encode()).decode().split("|")
+        return datetime.fromisoformat(created), uuid.UUID(row_id)
+    except ValueError:
+        raise errors.InvalidArgument([("page_token", "is not a token we issued")]) from None
 
 
 M = TypeVar("M", execution_pb2.Execution, scheduler_pb2.DeadLetter)
@@ -214,9 +223,9 @@ class ExecutionStore:
         row = await cursor.fetchone()
         assert row is not None
         if row[0] >= self._limits.per_tenant:
-            raise QueueFull("tenant's", self._limits.per_tenant)
+            raise QueueFull("tenant's", tenant, self._limits.per_tenant)
         if row[1] >= self._limits.total:
-            raise QueueFull("global", self._limits.total)
+            raise QueueFull("global", tenant, self._limits.total)
 
     async def delete_finished_before(self, retention_s: float, batch: int = 1000) -> int:
         """Delete up to `batch` executions (with their dead letters) that finished more than
