@@ -11,11 +11,17 @@ import gzip
 import os
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
+
+import pytest
 
 import services.executor.worker as executor_worker
 from sandmesh.execution.v1 import execution_pb2
-from tests.executor.support import Runner, assert_healthy, status
+from tests.executor.support import Result, Runner, assert_healthy, sandbox_status, status
+
+if TYPE_CHECKING:
+    from sandmesh.executor.v1.executor_pb2_grpc import ExecutorServiceAsyncStub as ExecutorStub
 
 Limits = execution_pb2.Limits
 
@@ -180,11 +186,22 @@ attempt("shadow", lambda: open("/etc/shadow").read())
 
 async def test_the_sandbox_sees_a_clean_environment(run: Runner) -> None:
     host_env = run.mesh.services["executor"].env
-    source = "import os\nprint(sorted(os.environ))\nprint(open('/proc/1/environ', 'rb').read())"
+    source = """
+import os
+print(sorted(os.environ))
+for pid in os.listdir("/proc"):
+    if pid.isdigit():
+        try:
+            print(open(f"/proc/{pid}/environ", "rb").read())
+        except PermissionError:
+            print(pid, "out of reach")
+"""
     result = await run("python3", source)
     assert status(result) == "COMPLETED", result
     names = result.stdout.decode().splitlines()[0]
     assert names == "['HOME', 'LANG', 'PATH', 'PWD']"
+    # pid 1 is the sandbox's init, whose memory the program cannot read.
+    assert b"1 out of reach" in result.stdout
     for secret in (host_env["NATS_URL"], host_env["DATABASE_URL"]):
         assert secret.encode() not in result.stdout
 
@@ -288,3 +305,86 @@ print("expanded")
     assert b"expanded" not in result.stdout
     assert b"File too large" in result.stderr or b"No space left" in result.stderr
     await assert_healthy(run)
+
+
+# Programs that go for the process judging the run (the sandbox's pid 1): steal its
+# descriptors with pidfd_getfd() and write to each (bwrap's reaper reported the exit status
+# through an eventfd), and open its memory for writing. Each then exits 3.
+FORGERS = {
+    "python3": """
+import ctypes, os, struct, sys
+libc = ctypes.CDLL(None, use_errno=True)
+pidfd = libc.syscall(434, 1, 0)
+stolen = [fd for fd in (libc.syscall(438, pidfd, n, 0) for n in range(64)) if fd >= 0]
+for fd in stolen:
+    os.write(fd, struct.pack("=Q", 1))
+try:
+    open("/proc/1/mem", "r+b")
+    mem = "writable"
+except OSError:
+    mem = "denied"
+print(f"stolen {len(stolen)} mem {mem}", flush=True)
+sys.exit(3)
+""",
+    "ruby": """
+pidfd = begin; syscall(434, 1, 0); rescue SystemCallError; nil; end
+stolen = (0...64).filter_map do |n|
+  syscall(438, pidfd, n, 0)
+rescue SystemCallError
+  nil
+end
+stolen.each { |fd| IO.for_fd(fd, autoclose: false).syswrite([1].pack("Q")) }
+mem = begin; File.open("/proc/1/mem", "r+"); "writable"; rescue SystemCallError; "denied"; end
+puts "stolen #{stolen.size} mem #{mem}"
+$stdout.flush
+exit 3
+""",
+    "php": """<?php
+try {
+    $libc = FFI::cdef("long syscall(long number, ...);");
+    $ffi = "enabled";
+} catch (Throwable $e) {
+    $ffi = "refused";
+}
+$mem = @fopen("/proc/1/mem", "r+") === false ? "denied" : "writable";
+echo "ffi $ffi mem $mem\\n";
+exit(3);
+""",
+}
+
+
+async def _warm_and_cold(
+    run: Runner, executor: ExecutorStub, language: str, source: str
+) -> tuple[Result, Result]:
+    """The same program through a warm sandbox of the pool, then cold (a tmp size the pool
+    does not serve)."""
+    for _ in range(200):
+        if f"'{language}': 1" in await _pool_detail(executor):
+            break
+        await asyncio.sleep(0.05)
+    before = _served_warm(await _pool_detail(executor))
+    warm = await run(language, source)
+    assert _served_warm(await _pool_detail(executor)) == before + 1, "not served warm"
+    cold = await run(language, source, limits=Limits(tmp_mb=32))
+    assert _served_warm(await _pool_detail(executor)) == before + 1, "not served cold"
+    return warm, cold
+
+
+async def _pool_detail(executor: ExecutorStub) -> str:
+    layers = {layer.name: layer for layer in (await sandbox_status(executor)).layers}
+    return layers["warm_pool"].detail
+
+
+def _served_warm(detail: str) -> int:
+    return int(detail.split("served warm ")[1].split(",")[0])
+
+
+@pytest.mark.parametrize("language", sorted(FORGERS))
+async def test_a_program_cannot_forge_its_verdict(
+    run: Runner, executor: ExecutorStub, language: str
+) -> None:
+    for result in await _warm_and_cold(run, executor, language, FORGERS[language]):
+        assert status(result) == "FAILED", result
+        assert result.HasField("exit_code") and result.exit_code == 3, result
+        expected = b"ffi refused mem denied\n" if language == "php" else b"stolen 0 mem denied\n"
+        assert result.stdout == expected, result
