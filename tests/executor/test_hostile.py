@@ -14,10 +14,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
+import grpc
 import pytest
 
 import services.executor.worker as executor_worker
 from sandmesh.execution.v1 import execution_pb2
+from sandmesh.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+from sandmesh_runtime.errors import details_of
 from tests.executor.support import Result, Runner, assert_healthy, sandbox_status, status
 
 if TYPE_CHECKING:
@@ -388,3 +391,19 @@ async def test_a_program_cannot_forge_its_verdict(
         assert result.HasField("exit_code") and result.exit_code == 3, result
         expected = b"ffi refused mem denied\n" if language == "php" else b"stolen 0 mem denied\n"
         assert result.stdout == expected, result
+
+
+async def test_an_argument_too_long_for_exec_is_a_bad_request(
+    gateway: gateway_pb2_grpc.GatewayServiceAsyncStub,
+) -> None:
+    request = execution_pb2.ExecutionRequest(
+        language="c", source="int main(void) { return 0; }\n", args=["ok", "x" * 200_000]
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await gateway.SubmitExecution(
+            gateway_pb2.SubmitExecutionRequest(request=request), timeout=5
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    (bad_request,) = details_of(caught.value)
+    fields = {v.field: v.description for v in bad_request.field_violations}
+    assert fields == {"request.args[1]": "must be at most 131071 bytes, got 200000"}
