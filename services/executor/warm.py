@@ -141,7 +141,11 @@ class WarmSandbox:
             cg = st.cg
             if cg is not None:
                 try:
-                    cg.lower_limits(limits.memory_bytes, limits.max_processes + runner.BWRAP_TASKS)
+                    cg.lower_limits(
+                        limits.memory_bytes,
+                        limits.max_processes + runner.BWRAP_TASKS,
+                        limits.cpu_millicores,
+                    )
                 except OSError as exc:
                     log.warning("cannot tighten a warm sandbox", extra={"error": str(exc)})
                     return None
@@ -190,7 +194,9 @@ async def start_warm(spec: LanguageSpec) -> WarmSandbox | None:
         return None
     control_r, control_w = os.pipe()
     report_r, report_w = os.pipe()
-    cg = cgroups.create_run_cgroup(limits.memory_bytes, limits.max_processes + runner.BWRAP_TASKS)
+    cg = cgroups.create_run_cgroup(
+        limits.memory_bytes, limits.max_processes + runner.BWRAP_TASKS, limits.cpu_millicores
+    )
     run_uid = runner.pick_run_uid()
     try:
         with staged:

@@ -407,3 +407,42 @@ async def test_an_argument_too_long_for_exec_is_a_bad_request(
     (bad_request,) = details_of(caught.value)
     fields = {v.field: v.description for v in bad_request.field_violations}
     assert fields == {"request.args[1]": "must be at most 131071 bytes, got 200000"}
+
+
+SIXTEEN_SPINNERS = """
+#include <pthread.h>
+#include <time.h>
+
+static double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static void *spin(void *start) {
+    while (now() - *(double *)start < 2.0) {
+    }
+    return 0;
+}
+
+int main(void) {
+    pthread_t threads[16];
+    double start = now();
+    for (int i = 0; i < 16; i++) pthread_create(&threads[i], 0, spin, &start);
+    for (int i = 0; i < 16; i++) pthread_join(threads[i], 0);
+    return 0;
+}
+"""
+
+
+@pytest.mark.parametrize("millicores", [500, 1000])
+async def test_sixteen_threads_get_no_more_than_the_runs_cpu_share(
+    run: Runner, millicores: int
+) -> None:
+    limits = Limits(cpu_millicores=millicores, cpu_time_ms=20000, max_processes=32)
+    result = await run("c", SIXTEEN_SPINNERS, limits=limits)
+    assert status(result) == "COMPLETED", result
+    wall, cpu = result.usage.wall_time_ms, result.usage.cpu_time_ms
+    # A 100 ms scheduling period of slack: the quota is enforced per period.
+    assert cpu <= wall * millicores / 1000 + 100, (cpu, wall)
+    assert wall >= 2000

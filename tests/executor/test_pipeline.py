@@ -65,9 +65,11 @@ async def test_host_side_cgroup_writes_never_follow_a_planted_symlink(tmp_path: 
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / "memory.limit_in_bytes").symlink_to(target)
-    planted = cgroups.RunCgroup(1, [run_dir], memory_dir=run_dir, pids_dir=None, cpu_dir=None)
+    planted = cgroups.RunCgroup(
+        1, [run_dir], memory_dir=run_dir, pids_dir=None, cpu_dir=None, cpu_max_dir=None
+    )
     with pytest.raises(OSError) as caught:
-        planted.lower_limits(64 << 20, 8)
+        planted.lower_limits(64 << 20, 8, 1000)
     assert caught.value.errno == errno.ELOOP
     assert target.read_text() == "untouched"
 

@@ -527,7 +527,9 @@ async def run_in_sandbox(
         return early_outcome(Verdict.SYSTEM_ERROR, f"cannot stage program files: {exc}")
 
     with staged:
-        cg = cgroups.create_run_cgroup(limits.memory_bytes, limits.max_processes + BWRAP_TASKS)
+        cg = cgroups.create_run_cgroup(
+            limits.memory_bytes, limits.max_processes + BWRAP_TASKS, limits.cpu_millicores
+        )
         run_uid = pick_run_uid()
         try:
             started = await start_sandbox(bwrap_path, argv, staged, limits, options, cg, run_uid)
