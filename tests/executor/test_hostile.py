@@ -446,3 +446,14 @@ async def test_sixteen_threads_get_no_more_than_the_runs_cpu_share(
     # A 100 ms scheduling period of slack: the quota is enforced per period.
     assert cpu <= wall * millicores / 1000 + 100, (cpu, wall)
     assert wall >= 2000
+
+
+async def test_a_warm_sandbox_shows_nothing_of_its_launcher(
+    run: Runner, executor: ExecutorStub
+) -> None:
+    source = "import sys\nprint(sorted(globals()))\nprint(sorted(sys.modules))\nprint(sys.argv)\n"
+    warm, cold = await _warm_and_cold(run, executor, "python3", source)
+    assert status(warm) == "COMPLETED" and status(cold) == "COMPLETED", (warm, cold)
+    assert warm.stdout == cold.stdout
+    assert b"_LAUNCHER" not in warm.stdout and b"'runpy'" not in warm.stdout
+    assert warm.stdout.splitlines()[2] == b"['main.py']"
