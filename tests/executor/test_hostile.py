@@ -7,6 +7,7 @@ unaffected (`assert_healthy` runs one right after).
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import gzip
 import os
 import uuid
@@ -457,3 +458,107 @@ async def test_a_warm_sandbox_shows_nothing_of_its_launcher(
     assert warm.stdout == cold.stdout
     assert b"_LAUNCHER" not in warm.stdout and b"'runpy'" not in warm.stdout
     assert warm.stdout.splitlines()[2] == b"['main.py']"
+
+
+async def test_the_syscall_allow_list_refuses_what_programs_do_not_need(run: Runner) -> None:
+    source = """
+import ctypes, errno, socket
+libc = ctypes.CDLL(None, use_errno=True)
+def sock(family, kind, proto=0):
+    try:
+        socket.socket(family, kind, proto).close()
+        return "ok"
+    except OSError as exc:
+        return errno.errorcode[exc.errno]
+def call(nr, *args):
+    return "ok" if libc.syscall(nr, *args) >= 0 else errno.errorcode[ctypes.get_errno()]
+print("vsock", sock(40, socket.SOCK_STREAM))
+print("packet", sock(17, socket.SOCK_RAW))
+print("netlink-uevent", sock(16, socket.SOCK_DGRAM, 15))
+print("netlink-route", sock(16, socket.SOCK_DGRAM, 0))
+print("unix", sock(socket.AF_UNIX, socket.SOCK_STREAM))
+print("inet6", sock(socket.AF_INET6, socket.SOCK_DGRAM))
+print("io_uring_setup", call(425, 1, None))
+print("not-yet-a-syscall", call(1023))
+print("ptrace", call(101, 0, 1, 0, 0))
+"""
+    result = await run("python3", source)
+    assert status(result) == "COMPLETED", result
+    assert result.stdout.decode().split("\n")[:-1] == [
+        "vsock EAFNOSUPPORT",
+        "packet EAFNOSUPPORT",
+        "netlink-uevent EPROTONOSUPPORT",
+        "netlink-route ok",
+        "unix ok",
+        "inet6 ok",
+        "io_uring_setup ENOSYS",
+        "not-yet-a-syscall ENOSYS",
+        "ptrace EPERM",
+    ]
+
+
+async def test_a_call_that_only_serves_an_attack_kills_the_program(run: Runner) -> None:
+    source = "import ctypes\nctypes.CDLL(None).syscall(246, 0, 0, 0, 0)\nprint('survived')\n"
+    result = await run("python3", source)  # kexec_load
+    assert status(result) == "FAILED", result
+    assert result.signal == "SIGSYS" and result.stdout == b""
+    await assert_healthy(run)
+
+
+async def test_inotify_sees_nothing_and_proc_tells_nothing_of_other_runs(run: Runner) -> None:
+    source = """
+import ctypes, errno, os
+libc = ctypes.CDLL(None, use_errno=True)
+print("inotify", libc.inotify_init1(0), errno.errorcode[ctypes.get_errno()])
+print("fanotify", libc.syscall(300, 0, 0), errno.errorcode[ctypes.get_errno()])
+print(open("/proc/loadavg").read().strip())
+print("pressure", os.listdir("/proc/pressure") if os.path.exists("/proc/pressure") else [])
+"""
+    # Another run compiling meanwhile is what a watcher on /usr used to see.
+    watched, _ = await asyncio.gather(
+        run("python3", source), run("c", "int main(void) { return 0; }\n")
+    )
+    assert status(watched) == "COMPLETED", watched
+    assert watched.stdout.decode().splitlines() == [
+        "inotify -1 ENOSYS",
+        "fanotify -1 ENOSYS",
+        "0.00 0.00 0.00 1/1 1",
+        "pressure []",
+    ]
+
+
+def _lock_at_once(path: str) -> None:
+    """Take and drop an exclusive flock; raises if anything holds one."""
+    with open(path, "rb") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+async def test_a_held_flock_blocks_nobody_outside_the_run(run: Runner) -> None:
+    marker = f"lockholder-{uuid.uuid4().hex}"
+    shared = "/etc/ld.so.cache"  # a host file every sandbox sees read-only
+    holder = f"""
+import fcntl, os
+fd = os.open("{shared}", os.O_RDONLY)
+fcntl.flock(fd, fcntl.LOCK_EX)
+fcntl.fcntl(fd, fcntl.F_SETLK, b"\\0" * 32)  # and a POSIX read lock
+print("locked", flush=True)
+os.set_inheritable(fd, True)
+os.execv("/usr/bin/python3", ["python3", "-c", "import time; time.sleep(4)", "{marker}"])
+"""
+    held = asyncio.create_task(run("python3", holder))
+    # The marker is in a command line only once the lock is held (and kept across exec).
+    while not _pids_with(marker):
+        assert not held.done(), held.result()
+        await asyncio.sleep(0.05)
+    await asyncio.to_thread(_lock_at_once, shared)
+    other = f"""
+import fcntl
+with open("{shared}", "rb") as fh:
+    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+print("free")
+"""
+    neighbour = await run("python3", other)
+    assert status(neighbour) == "COMPLETED" and neighbour.stdout == b"free\n", neighbour
+    result = await held
+    assert status(result) == "COMPLETED" and result.stdout == b"locked\n", result

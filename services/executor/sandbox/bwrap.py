@@ -48,6 +48,9 @@ _ETC_PATHS = (
     "/etc/ssl/openssl.cnf",
 )
 
+# /proc/loadavg as an idle machine's: the host's load tells a program about other runs.
+_LOADAVG = "0.00 0.00 0.00 1/1 1\n"
+
 _PASSWD = f"sandbox:x:{SANDBOX_UID}:{SANDBOX_GID}:sandbox:{WORK_DIR}:/usr/sbin/nologin\n"
 _GROUP = f"sandbox:x:{SANDBOX_GID}:\n"
 
@@ -135,10 +138,14 @@ class StagedFiles:
             fd = _memfd_with("init", init_binary)
             self.fds.append(fd)
             self.args += ["--perms", "0555", "--file", str(fd), init.PATH]
-            for etc_name, text in (("passwd", _PASSWD), ("group", _GROUP)):
-                fd = _memfd_with(etc_name, text.encode())
+            for path, text in (
+                ("/etc/passwd", _PASSWD),
+                ("/etc/group", _GROUP),
+                ("/proc/loadavg", _LOADAVG),
+            ):
+                fd = _memfd_with(os.path.basename(path), text.encode())
                 self.fds.append(fd)
-                self.args += ["--perms", "0444", "--ro-bind-data", str(fd), f"/etc/{etc_name}"]
+                self.args += ["--perms", "0444", "--ro-bind-data", str(fd), path]
             # Sorted by depth so every parent exists before its children.
             for d in sorted(dirs, key=lambda p: (len(p.parts), str(p))):
                 self.args += ["--dir", f"{WORK_DIR}/{d}"]
@@ -239,6 +246,11 @@ def build_bwrap_argv(
         "/dev/shm",
         "--remount-ro",
         "/dev",
+    ]
+    if os.path.isdir("/proc/pressure"):
+        # Pressure stall figures are the host's: an empty read-only directory instead.
+        argv += ["--tmpfs", "/proc/pressure", "--remount-ro", "/proc/pressure"]
+    argv += [
         "--size",
         tmp_size,
         "--tmpfs",
