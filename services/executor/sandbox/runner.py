@@ -9,9 +9,11 @@ Layers, outermost first:
   unprivileged host uid, so the sandbox is not host root in disguise and
   RLIMIT_NPROC counts only this run's tasks;
 * a per-run cgroup (see ``cgroups``): memory limit with reliable OOM
-  detection, task limit, CPU accounting and kill-all;
+  detection, task limit, CPU share, CPU accounting and kill-all;
 * rlimits set before bwrap is exec'd (``prlimit``, then ``setpriv`` for the uid);
-* a seccomp filter (see ``seccomp``) loaded by bwrap right before the program;
+* a seccomp allow-list (see ``seccomp``) loaded by bwrap right before it execs
+  the sandbox's init (see ``init.c``), which runs the program and whose exit
+  status is the verdict's;
 * when the run ends, everything left in its cgroup (or with its uid) is killed.
 
 A cancel event, and a build mode that hands /work back as a tar archive
@@ -20,8 +22,8 @@ through an inherited pipe, are the two hooks the executor's pipeline uses.
 CPU time and peak memory come from the cgroup.  Without one they are sampled
 from /proc over bwrap's process tree (densely at first, then every 100 ms),
 which gives lower bounds: rusage cannot be used because asyncio reaps bwrap
-itself, and bwrap never waits for the sandbox's pid 1, so the program's
-usage never reaches any rusage we could read.
+itself without reading it, so the program's usage never reaches any rusage
+of this run alone.
 """
 
 from __future__ import annotations
