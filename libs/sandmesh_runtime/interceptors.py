@@ -80,9 +80,7 @@ def _wrap(handler: Any, method: str, hooks: Sequence[CallHook]) -> Any:
     if handler.stream_unary is not None:
         stream_unary = handler.stream_unary
 
-        async def answer_stream(
-            requests: Any, context: grpc.aio.ServicerContext[Any, Any]
-        ) -> Any:
+        async def answer_stream(requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             async with _entered(hooks, method, context):
                 return await stream_unary(requests, context)
 

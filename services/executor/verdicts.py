@@ -41,6 +41,7 @@ def sandbox_limits(limits: execution_pb2.Limits) -> SandboxLimits:
         output_bytes=limits.output_bytes,
         file_size_bytes=limits.file_size_bytes,
         tmp_bytes=limits.tmp_mb * 1024 * 1024,
+        cpu_millicores=limits.cpu_millicores,
     )
 
 

@@ -5,10 +5,10 @@ nothing of it sits in /work) blocked on an inherited pipe. It was started under 
 language's hard bounds; when a run claims it, the host lowers its cgroup to the run's
 limits and sends one message: the rlimits to set, the files to write into /work and the
 argv. The launcher writes the files (no-follow, exclusive create), closes the pipe, lowers
-its rlimits and execs the program, or, when the program is meant for the very interpreter
-the launcher runs in, runs it in-process so that interpreter start-up is off the critical
-path too. The sandbox serves that one run and is destroyed; a fresh one is started in the
-background.
+its rlimits and execs the program, always: a fresh interpreter shows nothing of the launcher
+(modules, globals, argv), so a warm run looks exactly like a cold one from inside. An exec
+that fails is reported on a pipe of its own, like init's. The sandbox serves that one run and
+is destroyed; a fresh one is started in the background.
 
 Only requests whose tmp size equals the pool's (the language default) are served warm: the
 tmpfs size is fixed when bwrap mounts it.
@@ -36,8 +36,9 @@ log = logging.getLogger("sandmesh.executor")
 
 LAUNCHER_PYTHON = "/usr/bin/python3"
 _LAUNCHER = r"""
-import json, os, resource, runpy, struct, sys
-fd = int(sys.argv[1])
+import fcntl, json, os, resource, struct, sys
+fd, report = int(sys.argv[1]), int(sys.argv[2])
+fcntl.fcntl(report, fcntl.F_SETFD, fcntl.FD_CLOEXEC)
 chunks = []
 while True:
     chunk = os.read(fd, 1 << 20)
@@ -64,20 +65,11 @@ del data, chunks
 for res, soft, hard in header["rlimits"]:
     resource.setrlimit(res, (soft, hard))
 argv = header["argv"]
-if argv[:2] == [sys.executable, "-I"] and len(argv) > 2:
-    sys.argv[:] = argv[2:]
-    try:
-        runpy.run_path(argv[2], run_name="__main__")
-    except SystemExit:
-        raise
-    except BaseException as exc:
-        tb = exc.__traceback__
-        while tb is not None and tb.tb_frame.f_code.co_filename != argv[2]:
-            tb = tb.tb_next
-        sys.excepthook(type(exc), exc, tb)
-        sys.exit(1)
-    sys.exit(0)
-os.execv(argv[0], argv)
+try:
+    os.execv(argv[0], argv)
+except OSError as exc:
+    os.write(report, f"{argv[0]}: {exc.strerror}".encode())
+    os._exit(127)
 """
 
 
@@ -149,7 +141,11 @@ class WarmSandbox:
             cg = st.cg
             if cg is not None:
                 try:
-                    cg.lower_limits(limits.memory_bytes, limits.max_processes + runner.BWRAP_TASKS)
+                    cg.lower_limits(
+                        limits.memory_bytes,
+                        limits.max_processes + runner.BWRAP_TASKS,
+                        limits.cpu_millicores,
+                    )
                 except OSError as exc:
                     log.warning("cannot tighten a warm sandbox", extra={"error": str(exc)})
                     return None
@@ -191,30 +187,39 @@ async def start_warm(spec: LanguageSpec) -> WarmSandbox | None:
     # The bounds any run may ask for; the run's own are set at hand-over (waiting costs no
     # CPU, and the wall clock starts then).
     limits = replace(bounds, tmp_bytes=tmp_bytes)
+    try:
+        staged = bwrap.StagedFiles({}, limits)
+    except OSError as exc:
+        log.warning("warm sandbox failed to start", extra={"detail": str(exc)})
+        return None
     control_r, control_w = os.pipe()
-    os.set_inheritable(control_r, True)
-    staged = bwrap.StagedFiles({}, limits)
-    cg = cgroups.create_run_cgroup(limits.memory_bytes, limits.max_processes + runner.BWRAP_TASKS)
+    report_r, report_w = os.pipe()
+    cg = cgroups.create_run_cgroup(
+        limits.memory_bytes, limits.max_processes + runner.BWRAP_TASKS, limits.cpu_millicores
+    )
     run_uid = runner.pick_run_uid()
     try:
         with staged:
             started = await runner.start_sandbox(
                 bwrap_path,
-                [LAUNCHER_PYTHON, "-I", "-c", _LAUNCHER, str(control_r)],
+                [LAUNCHER_PYTHON, "-I", "-c", _LAUNCHER, str(control_r), str(report_w)],
                 staged,
                 limits,
                 SandboxOptions(env=spec.env, ro_binds=spec.ro_binds),
                 cg,
                 run_uid,
-                pass_fds=(control_r,),
+                pass_fds=(control_r, report_w),
             )
     finally:
         os.close(control_r)
+        os.close(report_w)
     if isinstance(started, RunOutcome):
         os.close(control_w)
+        os.close(report_r)
         await runner.release(cg, run_uid)
         log.warning("warm sandbox failed to start", extra={"detail": started.detail})
         return None
+    started.report_fds.append(report_r)
     return WarmSandbox(spec.id, started, control_w, tmp_bytes)
 
 

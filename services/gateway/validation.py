@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from sandmesh.execution.v1 import execution_pb2
 from sandmesh_contracts.files import is_plain_file_name
 from sandmesh_runtime import errors
@@ -10,6 +12,10 @@ Violations = list[tuple[str, str]]
 
 MAX_KEY_LENGTH = 200
 MAX_BATCH = 100
+# The kernel refuses an exec whose single argument reaches MAX_ARG_STRLEN (128 KiB with its
+# NUL); all arguments together stay well inside ARG_MAX (a quarter of the 8 MiB stack).
+MAX_ARG_BYTES = 128 * 1024 - 1
+MAX_ARGS_BYTES = 256 * 1024
 
 
 def execution_request(
@@ -37,6 +43,7 @@ def execution_request(
             problems.append(
                 (f"{prefix}.files[{index}].name", f"must be a plain file name, got {extra.name!r}")
             )
+    problems += _args_problems(request.args, f"{prefix}.args")
     total = source_bytes + len(request.stdin) + sum(len(f.content) for f in request.files)
     if total > max_request_bytes:
         problems.append(
@@ -62,6 +69,24 @@ def batch_size(field: str, count: int) -> None:
     """InvalidArgument unless a batch holds 1 to MAX_BATCH entries."""
     if not 1 <= count <= MAX_BATCH:
         raise errors.InvalidArgument([(field, f"must hold 1 to {MAX_BATCH} entries, got {count}")])
+
+
+def _args_problems(args: Sequence[str], field: str) -> Violations:
+    """Arguments an exec can carry: no NUL, each and all within the kernel's bounds."""
+    problems: Violations = []
+    total = 0
+    for index, arg in enumerate(args):
+        size = len(arg.encode())
+        total += size + 1
+        if "\0" in arg:
+            problems.append((f"{field}[{index}]", "must not contain NUL characters"))
+        elif size > MAX_ARG_BYTES:
+            problems.append(
+                (f"{field}[{index}]", f"must be at most {MAX_ARG_BYTES} bytes, got {size}")
+            )
+    if total > MAX_ARGS_BYTES:
+        problems.append((field, f"must be at most {MAX_ARGS_BYTES} bytes in all, got {total}"))
+    return problems
 
 
 def session_source(

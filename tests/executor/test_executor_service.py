@@ -184,6 +184,7 @@ async def test_status_reports_every_sandbox_layer_active(executor: ExecutorStub)
         "cgroup_memory",
         "cgroup_pids",
         "cgroup_cpu",
+        "cgroup_cpu_max",
     }
     assert expected <= set(layers)
     # cgroups are the one layer a machine may legitimately lack (rlimits then carry the load).

@@ -65,9 +65,11 @@ async def test_host_side_cgroup_writes_never_follow_a_planted_symlink(tmp_path: 
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / "memory.limit_in_bytes").symlink_to(target)
-    planted = cgroups.RunCgroup(1, [run_dir], memory_dir=run_dir, pids_dir=None, cpu_dir=None)
+    planted = cgroups.RunCgroup(
+        1, [run_dir], memory_dir=run_dir, pids_dir=None, cpu_dir=None, cpu_max_dir=None
+    )
     with pytest.raises(OSError) as caught:
-        planted.lower_limits(64 << 20, 8)
+        planted.lower_limits(64 << 20, 8, 1000)
     assert caught.value.errno == errno.ELOOP
     assert target.read_text() == "untouched"
 
@@ -154,3 +156,28 @@ async def test_a_warm_sandbox_gets_the_runs_limits_not_the_pools() -> None:
         assert not warm and other.stdout == b"1\n"
     finally:
         await pools.stop()
+
+
+async def test_a_program_that_cannot_start_fails_saying_why_warm_and_cold() -> None:
+    # An argument over the kernel's MAX_ARG_STRLEN, past the gateway (which refuses it).
+    request = execution_pb2.ExecutionRequest(
+        language="javascript", source="1", args=["x" * 200_000]
+    )
+    javascript = REGISTRY["javascript"]
+    limits, _ = languages.resolve_limits(javascript, execution_pb2.Limits())
+    pools = WarmPools(REGISTRY, 1)
+    pools.start()
+    try:
+        await _wait_idle(pools, "javascript", 1)
+        warm = await pipeline.execute(javascript, request, limits, None, asyncio.Event(), pools)
+        cold = await pipeline.execute(
+            javascript, request, limits, None, asyncio.Event(), WarmPools(REGISTRY, 0)
+        )
+    finally:
+        await pools.stop()
+    assert [served for _, served in (warm, cold)] == [True, False]
+    for result, _ in (warm, cold):
+        assert result.status == execution_pb2.EXECUTION_STATUS_FAILED, result
+        assert result.error_code == "E002"
+        assert "could not be started" in result.detail and "Argument list too long" in result.detail
+        assert b"Traceback" not in result.stderr

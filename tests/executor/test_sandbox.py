@@ -252,7 +252,10 @@ async def test_environment_is_clean(monkeypatch: pytest.MonkeyPatch) -> None:
     source = """
 import os
 print(sorted(os.environ.items()))
-print(open("/proc/1/environ", "rb").read())
+try:
+    print(open("/proc/1/environ", "rb").read())
+except PermissionError:
+    print("pid 1 is out of reach")
 """
     out = await run_py(source)
     assert out.verdict is Verdict.COMPLETED, out

@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import PurePosixPath
 from types import TracebackType
 
+from services.executor.sandbox import init
 from services.executor.sandbox.limits import SandboxLimits
 
 SANDBOX_UID = 65534
@@ -46,6 +47,9 @@ _ETC_PATHS = (
     "/etc/ssl/certs",
     "/etc/ssl/openssl.cnf",
 )
+
+# /proc/loadavg as an idle machine's: the host's load tells a program about other runs.
+_LOADAVG = "0.00 0.00 0.00 1/1 1\n"
 
 _PASSWD = f"sandbox:x:{SANDBOX_UID}:{SANDBOX_GID}:sandbox:{WORK_DIR}:/usr/sbin/nologin\n"
 _GROUP = f"sandbox:x:{SANDBOX_GID}:\n"
@@ -88,7 +92,7 @@ def _memfd_with(name: str, data: bytes) -> int:
 
 
 class StagedFiles:
-    """Program files (and synthetic /etc/passwd, /etc/group) held in memfds.
+    """Program files (and the sandbox's init, synthetic /etc/passwd, /etc/group) in memfds.
 
     ``args`` are the bwrap operations that materialise them; ``fds`` must be
     passed to the bwrap process (``pass_fds``).  Close after bwrap started.
@@ -125,14 +129,23 @@ class StagedFiles:
         if clash:
             raise ValueError(f"{sorted(map(str, clash))[0]!r} is both a file and a directory")
 
-        self.largest = max((len(data) for data in paths.values()), default=0)
+        init_binary = init.binary()
+        # bwrap writes every staged file under the run's RLIMIT_FSIZE, init included.
+        self.largest = max([len(init_binary), *(len(data) for data in paths.values())])
         self.fds: list[int] = []
         self.args: list[str] = []
         try:
-            for etc_name, text in (("passwd", _PASSWD), ("group", _GROUP)):
-                fd = _memfd_with(etc_name, text.encode())
+            fd = _memfd_with("init", init_binary)
+            self.fds.append(fd)
+            self.args += ["--perms", "0555", "--file", str(fd), init.PATH]
+            for path, text in (
+                ("/etc/passwd", _PASSWD),
+                ("/etc/group", _GROUP),
+                ("/proc/loadavg", _LOADAVG),
+            ):
+                fd = _memfd_with(os.path.basename(path), text.encode())
                 self.fds.append(fd)
-                self.args += ["--perms", "0444", "--ro-bind-data", str(fd), f"/etc/{etc_name}"]
+                self.args += ["--perms", "0444", "--ro-bind-data", str(fd), path]
             # Sorted by depth so every parent exists before its children.
             for d in sorted(dirs, key=lambda p: (len(p.parts), str(p))):
                 self.args += ["--dir", f"{WORK_DIR}/{d}"]
@@ -180,15 +193,17 @@ def build_bwrap_argv(
     limits: SandboxLimits,
     staged: StagedFiles,
     status_fd: int,
+    report_fd: int,
     env: Mapping[str, str] | None = None,
     ro_binds: Sequence[str] = (),
     seccomp_fd: int | None = None,
 ) -> list[str]:
-    """Full argv running ``command`` inside a fresh sandbox.
+    """Full argv running ``command`` inside a fresh sandbox, under the sandbox's init.
 
     ``status_fd`` receives bwrap's JSON status; its ``exit-code`` record is
-    only written once the command was exec'd, which is how setup failures are
-    told apart from the program's own exit codes.  ``env`` adds to the
+    only written once init was exec'd, which is how setup failures are
+    told apart from the program's own exit codes.  ``report_fd`` is where init
+    says why it could not execute ``command``.  ``env`` adds to the
     sandbox's clean environment, ``ro_binds`` are extra host paths shown
     read-only (a language's configuration), ``seccomp_fd`` holds a BPF filter.
     """
@@ -203,6 +218,9 @@ def build_bwrap_argv(
         "--unshare-ipc",
         "--unshare-uts",
         "--unshare-cgroup-try",
+        # Our init is pid 1, not bwrap's reaper: bwrap's reaper is dumpable and reports
+        # the exit status through an eventfd, both within the program's reach.
+        "--as-pid-1",
         # Nested user namespaces are a common kernel attack surface.
         "--disable-userns",
         "--die-with-parent",
@@ -228,6 +246,11 @@ def build_bwrap_argv(
         "/dev/shm",
         "--remount-ro",
         "/dev",
+    ]
+    if os.path.isdir("/proc/pressure"):
+        # Pressure stall figures are the host's: an empty read-only directory instead.
+        argv += ["--tmpfs", "/proc/pressure", "--remount-ro", "/proc/pressure"]
+    argv += [
         "--size",
         tmp_size,
         "--tmpfs",
@@ -250,5 +273,5 @@ def build_bwrap_argv(
     ]
     if seccomp_fd is not None:
         argv += ["--seccomp", str(seccomp_fd)]
-    argv += ["--", *command]
+    argv += ["--", init.PATH, str(report_fd), *command]
     return argv

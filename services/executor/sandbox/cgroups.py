@@ -1,8 +1,11 @@
-"""Per-run cgroups: memory and task limits, CPU accounting, OOM detection.
+"""Per-run cgroups: memory, task and CPU-share limits, CPU accounting, OOM detection.
 
 One child cgroup is created per run under the executor's own cgroup (cgroup
 v2 when the unified hierarchy has the memory controller, else the v1
-memory, pids and cpuacct hierarchies).  The sandbox joins it from
+memory, pids, cpu and cpuacct hierarchies).  The CPU share is a bandwidth
+limit (v2 ``cpu.max``, v1 ``cpu.cfs_quota_us``): a run's threads together get
+at most their cores' worth of time per period, whatever else is idle, so a
+neighbour's latency does not depend on how many threads a program starts.  The sandbox joins it from
 ``preexec_fn`` before bwrap is exec'd, so no process of the run can escape
 it, and everything in it is killed before it is removed.  When nothing is
 writable, ``create_run_cgroup`` returns None and the runner falls back to
@@ -31,7 +34,9 @@ EXECUTOR_LEAF = "sandmesh-executor"
 
 _PROC_SELF_CGROUP = "/proc/self/cgroup"
 _PROC_SELF_MOUNTINFO = "/proc/self/mountinfo"
-_V1_CONTROLLERS = ("memory", "pids", "cpuacct")
+_V1_CONTROLLERS = ("memory", "pids", "cpu", "cpuacct")
+# The CFS period: 100 ms, the kernel's default; quotas are thousandths of a core of it.
+CPU_PERIOD_US = 100_000
 
 
 @dataclass(frozen=True)
@@ -190,12 +195,14 @@ class RunCgroup:
         memory_dir: Path | None,
         pids_dir: Path | None,
         cpu_dir: Path | None,
+        cpu_max_dir: Path | None,
     ) -> None:
         self.version = version
         self._dirs = dirs
         self._memory_dir = memory_dir
         self._pids_dir = pids_dir
         self._cpu_dir = cpu_dir
+        self._cpu_max_dir = cpu_max_dir
 
     @property
     def has_memory(self) -> bool:
@@ -210,21 +217,31 @@ class RunCgroup:
         return self._cpu_dir is not None
 
     @property
+    def has_cpu_max(self) -> bool:
+        return self._cpu_max_dir is not None
+
+    @property
     def procs_files(self) -> list[str]:
         """``cgroup.procs`` files a process writes "0" to in order to join."""
         return [str(d / "cgroup.procs") for d in self._dirs]
 
-    def lower_limits(self, memory_bytes: int, max_tasks: int) -> None:
+    def lower_limits(self, memory_bytes: int, max_tasks: int, cpu_millicores: int) -> None:
         """Tighten the limits of a cgroup made with larger ones (a warm sandbox's)."""
         if self.version == 2:
             if self._memory_dir is not None:
                 _write(self._memory_dir / "memory.max", str(memory_bytes))
             if self._pids_dir is not None:
                 _write(self._pids_dir / "pids.max", str(max_tasks))
+            if self._cpu_max_dir is not None:
+                _write(self._cpu_max_dir / "cpu.max", _cpu_max(cpu_millicores))
             return
-        for ctrl, d in (("memory", self._memory_dir), ("pids", self._pids_dir)):
+        for ctrl, d in (
+            ("memory", self._memory_dir),
+            ("pids", self._pids_dir),
+            ("cpu", self._cpu_max_dir),
+        ):
             if d is not None:
-                _configure_v1(ctrl, d, memory_bytes, max_tasks)
+                _configure_v1(ctrl, d, memory_bytes, max_tasks, cpu_millicores)
 
     def cpu_time_ns(self) -> int | None:
         if self._cpu_dir is None:
@@ -361,7 +378,7 @@ _v2_state: dict[Path, bool] = {}
 
 
 def _v2_prepare(parent: Path) -> bool:
-    """Make memory (and pids if present) available to children of ``parent``."""
+    """Make memory (and pids and cpu if present) available to children of ``parent``."""
     cached = _v2_state.get(parent)
     if cached is not None:
         return cached
@@ -369,7 +386,7 @@ def _v2_prepare(parent: Path) -> bool:
     try:
         available = set(_read(parent / "cgroup.controllers").split())
         if "memory" in available:
-            wanted = {"memory", "pids"} & available
+            wanted = {"memory", "pids", "cpu"} & available
             try:
                 _v2_enable(parent, wanted)
             except OSError as exc:
@@ -393,7 +410,13 @@ def _v2_enable(parent: Path, wanted: set[str]) -> None:
         _write(parent / "cgroup.subtree_control", f"+{ctrl}")
 
 
-def _create_v2(parent: Path, name: str, memory_bytes: int, max_tasks: int) -> RunCgroup | None:
+def _cpu_max(cpu_millicores: int) -> str:
+    return f"{cpu_millicores * CPU_PERIOD_US // 1000} {CPU_PERIOD_US}"
+
+
+def _create_v2(
+    parent: Path, name: str, memory_bytes: int, max_tasks: int, cpu_millicores: int
+) -> RunCgroup | None:
     if not _v2_prepare(parent):
         return None
     d = parent / name
@@ -412,6 +435,9 @@ def _create_v2(parent: Path, name: str, memory_bytes: int, max_tasks: int) -> Ru
         has_pids = (d / "pids.max").exists()
         if has_pids:
             _write(d / "pids.max", str(max_tasks))
+        has_cpu_max = (d / "cpu.max").exists()
+        if has_cpu_max:
+            _write(d / "cpu.max", _cpu_max(cpu_millicores))
     except OSError as exc:
         logger.warning("cannot configure cgroup %s: %s", d, exc)
         with contextlib.suppress(OSError):
@@ -423,10 +449,13 @@ def _create_v2(parent: Path, name: str, memory_bytes: int, max_tasks: int) -> Ru
         memory_dir=d,
         pids_dir=d if has_pids else None,
         cpu_dir=d if (d / "cpu.stat").exists() else None,
+        cpu_max_dir=d if has_cpu_max else None,
     )
 
 
-def _configure_v1(ctrl: str, d: Path, memory_bytes: int, max_tasks: int) -> None:
+def _configure_v1(
+    ctrl: str, d: Path, memory_bytes: int, max_tasks: int, cpu_millicores: int
+) -> None:
     if ctrl == "memory":
         _write(d / "memory.limit_in_bytes", str(memory_bytes))
         # memsw must be set after the memory limit (it may not be lower).
@@ -436,61 +465,76 @@ def _configure_v1(ctrl: str, d: Path, memory_bytes: int, max_tasks: int) -> None
             _write(d / "memory.swappiness", "0")
     elif ctrl == "pids":
         _write(d / "pids.max", str(max_tasks))
+    elif ctrl == "cpu":
+        _write(d / "cpu.cfs_period_us", str(CPU_PERIOD_US))
+        _write(d / "cpu.cfs_quota_us", str(cpu_millicores * CPU_PERIOD_US // 1000))
 
 
 def _create_v1(
-    dirs: dict[str, Path], name: str, memory_bytes: int, max_tasks: int
+    dirs: dict[str, Path], name: str, memory_bytes: int, max_tasks: int, cpu_millicores: int
 ) -> RunCgroup | None:
     made: dict[str, Path] = {}
     for ctrl, parent in dirs.items():
         d = parent / name
+        # Co-mounted controllers (cpu,cpuacct) share one hierarchy and so one directory.
+        shared = d in made.values()
         try:
-            d.mkdir(mode=0o755)
+            if not shared:
+                d.mkdir(mode=0o755)
         except OSError as exc:
             logger.info("cannot create %s cgroup %s: %s", ctrl, d, exc)
             continue
         try:
-            _configure_v1(ctrl, d, memory_bytes, max_tasks)
+            _configure_v1(ctrl, d, memory_bytes, max_tasks, cpu_millicores)
         except OSError as exc:
             logger.warning("cannot configure %s cgroup %s: %s", ctrl, d, exc)
-            with contextlib.suppress(OSError):
-                d.rmdir()
+            if not shared:
+                with contextlib.suppress(OSError):
+                    d.rmdir()
             continue
         made[ctrl] = d
     if not made:
         return None
     return RunCgroup(
         version=1,
-        dirs=list(made.values()),
+        dirs=list(dict.fromkeys(made.values())),
         memory_dir=made.get("memory"),
         pids_dir=made.get("pids"),
         cpu_dir=made.get("cpuacct"),
+        cpu_max_dir=made.get("cpu"),
     )
 
 
-def create_run_cgroup(memory_bytes: int, max_tasks: int) -> RunCgroup | None:
+def create_run_cgroup(memory_bytes: int, max_tasks: int, cpu_millicores: int) -> RunCgroup | None:
     """Create and configure a fresh cgroup for one run, or None if impossible."""
     layout = _discover()
     name = RUN_PREFIX + secrets.token_hex(8)
     if layout.v2_dir is not None:
-        cg = _create_v2(layout.v2_dir, name, memory_bytes, max_tasks)
+        cg = _create_v2(layout.v2_dir, name, memory_bytes, max_tasks, cpu_millicores)
         if cg is not None:
             return cg
     if layout.v1_dirs:
-        return _create_v1(layout.v1_dirs, name, memory_bytes, max_tasks)
+        return _create_v1(layout.v1_dirs, name, memory_bytes, max_tasks, cpu_millicores)
     return None
 
 
 def cgroup_layers() -> dict[str, bool]:
     """Which cgroup features a run would get right now (creates a probe cgroup)."""
-    cg = create_run_cgroup(64 * 1024 * 1024, 64)
+    cg = create_run_cgroup(64 * 1024 * 1024, 64, 1000)
     if cg is None:
-        return {"cgroup_memory": False, "cgroup_pids": False, "cgroup_cpu": False}
+        return {
+            "cgroup_memory": False,
+            "cgroup_pids": False,
+            "cgroup_cpu": False,
+            "cgroup_cpu_max": False,
+        }
     try:
         return {
             "cgroup_memory": cg.has_memory,
             "cgroup_pids": cg.has_pids,
             "cgroup_cpu": cg.has_cpu,
+            # Without it a run's threads may use every core: the status says so.
+            "cgroup_cpu_max": cg.has_cpu_max,
         }
     finally:
         cg.remove_now()

@@ -19,6 +19,7 @@ class SandboxLimits:
     output_bytes: cap on stdout and on stderr, each.
     file_size_bytes: RLIMIT_FSIZE.
     tmp_bytes: size of each private tmpfs (/work, /tmp, /dev/shm).
+    cpu_millicores: CPU share in thousandths of a core (cgroup CPU bandwidth).
     """
 
     wall_time_s: float
@@ -28,6 +29,7 @@ class SandboxLimits:
     output_bytes: int
     file_size_bytes: int
     tmp_bytes: int
+    cpu_millicores: int = 1000
 
     def __post_init__(self) -> None:
         for name in ("wall_time_s", "cpu_time_s"):
@@ -40,6 +42,7 @@ class SandboxLimits:
             "output_bytes",
             "file_size_bytes",
             "tmp_bytes",
+            "cpu_millicores",
         ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:

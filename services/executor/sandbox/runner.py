@@ -9,9 +9,11 @@ Layers, outermost first:
   unprivileged host uid, so the sandbox is not host root in disguise and
   RLIMIT_NPROC counts only this run's tasks;
 * a per-run cgroup (see ``cgroups``): memory limit with reliable OOM
-  detection, task limit, CPU accounting and kill-all;
+  detection, task limit, CPU share, CPU accounting and kill-all;
 * rlimits set before bwrap is exec'd (``prlimit``, then ``setpriv`` for the uid);
-* a seccomp filter (see ``seccomp``) loaded by bwrap right before the program;
+* a seccomp allow-list (see ``seccomp``) loaded by bwrap right before it execs
+  the sandbox's init (see ``init.c``), which runs the program and whose exit
+  status is the verdict's;
 * when the run ends, everything left in its cgroup (or with its uid) is killed.
 
 A cancel event, and a build mode that hands /work back as a tar archive
@@ -20,14 +22,15 @@ through an inherited pipe, are the two hooks the executor's pipeline uses.
 CPU time and peak memory come from the cgroup.  Without one they are sampled
 from /proc over bwrap's process tree (densely at first, then every 100 ms),
 which gives lower bounds: rusage cannot be used because asyncio reaps bwrap
-itself, and bwrap never waits for the sandbox's pid 1, so the program's
-usage never reaches any rusage we could read.
+itself without reading it, so the program's usage never reaches any rusage
+of this run alone.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import functools
 import json
 import logging
@@ -42,7 +45,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
-from services.executor.sandbox import bwrap, cgroups, seccomp
+from services.executor.sandbox import bwrap, cgroups, init, seccomp
 from services.executor.sandbox.limits import SandboxLimits
 
 logger = logging.getLogger(__name__)
@@ -51,7 +54,7 @@ OutputSink = Callable[[str, bytes], Awaitable[None]]
 
 _CHUNK = 64 * 1024
 _NOFILE = 256
-# The outer bwrap and the sandbox's pid 1 (bwrap's reaper) are tasks too.
+# The outer bwrap and the sandbox's pid 1 (our init) are tasks too.
 BWRAP_TASKS = 2
 # How long readers may take to see EOF once the sandbox is gone.
 _DRAIN_GRACE_S = 2.0
@@ -461,15 +464,20 @@ class _Run:
             interval = min(interval * 2, cap)
 
 
-def _read_status(fd: int) -> int | None:
-    """The command's exit code from bwrap's JSON status, None if never exec'd."""
+def _read_available(fd: int) -> bytes:
+    """What a pipe holds now, without waiting for more."""
     os.set_blocking(fd, False)
     raw = b""
     with contextlib.suppress(BlockingIOError):
         while chunk := os.read(fd, 65536):
             raw += chunk
+    return raw
+
+
+def _read_status(fd: int) -> int | None:
+    """The command's exit code from bwrap's JSON status, None if never exec'd."""
     exit_code: int | None = None
-    for line in raw.splitlines():
+    for line in _read_available(fd).splitlines():
         try:
             record = json.loads(line)
         except ValueError:
@@ -521,7 +529,9 @@ async def run_in_sandbox(
         return early_outcome(Verdict.SYSTEM_ERROR, f"cannot stage program files: {exc}")
 
     with staged:
-        cg = cgroups.create_run_cgroup(limits.memory_bytes, limits.max_processes + BWRAP_TASKS)
+        cg = cgroups.create_run_cgroup(
+            limits.memory_bytes, limits.max_processes + BWRAP_TASKS, limits.cpu_millicores
+        )
         run_uid = pick_run_uid()
         try:
             started = await start_sandbox(bwrap_path, argv, staged, limits, options, cg, run_uid)
@@ -553,14 +563,18 @@ class Started:
     run_uid: int | None
     status_r: int
     export_r: int | None
+    # Pipes on which init (and a warm sandbox's launcher) say why the program could not
+    # be executed; nothing is written when it was.
+    report_fds: list[int] = field(default_factory=list)
 
     def close(self) -> None:
-        for fd in (self.status_r, self.export_r):
+        for fd in (self.status_r, self.export_r, *self.report_fds):
             if fd is not None:
                 with contextlib.suppress(OSError):
                     os.close(fd)
         self.export_r = None
         self.status_r = -1
+        self.report_fds = []
 
 
 def _export_command(argv: Sequence[str], fd: int) -> list[str]:
@@ -581,15 +595,16 @@ async def start_sandbox(
 ) -> Started | RunOutcome:
     """Start bwrap with ``argv`` inside; ``pass_fds`` are inherited by the command."""
     status_r, status_w = os.pipe()
+    report_r, report_w = os.pipe()
     export_r, export_w = os.pipe() if options.export_work else (None, None)
     filter_fd = seccomp.filter_fd() if seccomp.supported() else None
-    to_close = [fd for fd in (status_w, export_w, filter_fd) if fd is not None]
+    to_close = [fd for fd in (status_w, report_w, export_w, filter_fd) if fd is not None]
     try:
         command = list(argv) if export_w is None else _export_command(argv, export_w)
         setup_limits = limits
         if staged.largest > limits.file_size_bytes:
-            # bwrap writes the staged files under RLIMIT_FSIZE: a build output larger than
-            # the program's own file-size limit gets room for set-up, and the program's
+            # bwrap writes the staged files under RLIMIT_FSIZE: a build output (or init)
+            # larger than the program's own file-size limit gets room for set-up, and the program's
             # limit is applied right before it starts.
             setup_limits = replace(limits, file_size_bytes=staged.largest)
             fsize = limits.file_size_bytes
@@ -600,6 +615,7 @@ async def start_sandbox(
             limits,
             staged,
             status_w,
+            report_w,
             env=options.env,
             ro_binds=options.ro_binds,
             seccomp_fd=filter_fd,
@@ -622,16 +638,21 @@ async def start_sandbox(
             pass_fds=(*to_close, *staged.fds, *pass_fds),
         )
     except (OSError, subprocess.SubprocessError) as exc:
-        for fd in (status_r, export_r):
+        for fd in (status_r, report_r, export_r):
             if fd is not None:
                 os.close(fd)
+        if isinstance(exc, OSError) and exc.errno == errno.E2BIG:
+            # Only the request's arguments can make the command line too long.
+            return early_outcome(
+                Verdict.FAILED, f"the program could not be started: {exc.strerror}"
+            )
         return early_outcome(Verdict.SYSTEM_ERROR, f"cannot start the sandbox: {exc}")
     finally:
         # The sandbox holds its own copies now; ours would keep the pipes open.
         for fd in to_close:
             os.close(fd)
         staged.close()
-    return Started(proc, started, cg, run_uid, status_r, export_r)
+    return Started(proc, started, cg, run_uid, status_r, export_r, [report_r])
 
 
 async def _collect(fd: int, cap: int, run: _Run) -> bytes:
@@ -722,11 +743,15 @@ async def supervise(
         cpu_ns = max(cpu_ns, stats.cpu_time_ns - cpu_baseline_ns)
 
     command_exit = _read_status(st.status_r)
+    not_executed = b"".join(_read_available(fd) for fd in st.report_fds)
     returncode = proc.returncode
     assert returncode is not None
     exit_code: int | None = None
     signum: int | None = None
-    if command_exit is not None:
+    if not_executed and command_exit == init.EXEC_FAILED:
+        # Never started: nothing of it to report but why.
+        command_exit = None
+    elif command_exit is not None:
         # bwrap reports a command killed by signal N as 128 + N, like a shell.
         if command_exit > 128 and 0 < command_exit - 128 < signal.NSIG:
             signum = command_exit - 128
@@ -735,9 +760,15 @@ async def supervise(
     elif returncode < 0:
         signum = -returncode
 
-    verdict, detail = _judge(
-        limits, run, stats, command_exit is not None, exit_code, signum, cpu_ns, returncode
-    )
+    if not_executed and command_exit is None and run.kill_reason is None:
+        # The user's request (its arguments, say) is what the program could not start
+        # with: the program's own failure, never a retry of ours.
+        reason = not_executed.decode("utf-8", "replace")
+        verdict, detail = Verdict.FAILED, f"the program could not be started: {reason}"
+    else:
+        verdict, detail = _judge(
+            limits, run, stats, command_exit is not None, exit_code, signum, cpu_ns, returncode
+        )
     exported = None
     if export is not None and verdict is Verdict.COMPLETED and not export.cancelled():
         exported = export.result() if export.exception() is None else None
@@ -835,16 +866,17 @@ def _probe_bwrap() -> bool:
         memory_bytes=256 << 20,
         max_processes=8,
         output_bytes=4096,
-        file_size_bytes=4096,
+        file_size_bytes=1 << 20,
         tmp_bytes=1 << 20,
     )
     status_r, status_w = os.pipe()
+    report_r, report_w = os.pipe()
     filter_fd = seccomp.filter_fd() if seccomp.supported() else None
     run_uid = pick_run_uid()
     try:
         with bwrap.StagedFiles({}, limits) as staged:
             argv = bwrap.build_bwrap_argv(
-                path, ["/bin/true"], limits, staged, status_w, seccomp_fd=filter_fd
+                path, ["/bin/true"], limits, staged, status_w, report_w, seccomp_fd=filter_fd
             )
             prefix = _launch_prefix([], _rlimits(limits, False, False, run_uid), run_uid)
             result = subprocess.run(
@@ -853,15 +885,20 @@ def _probe_bwrap() -> bool:
                 capture_output=True,
                 timeout=30,
                 start_new_session=True,
-                pass_fds=(status_w, *staged.fds, *([] if filter_fd is None else [filter_fd])),
+                pass_fds=(
+                    status_w,
+                    report_w,
+                    *staged.fds,
+                    *([] if filter_fd is None else [filter_fd]),
+                ),
             )
         return result.returncode == 0
     except (OSError, subprocess.SubprocessError) as exc:
         logger.warning("bwrap probe failed: %s", exc)
         return False
     finally:
-        os.close(status_r)
-        os.close(status_w)
+        for fd in (status_r, status_w, report_r, report_w):
+            os.close(fd)
         if filter_fd is not None:
             os.close(filter_fd)
         if run_uid is not None:

@@ -1,15 +1,30 @@
-"""A seccomp filter, hand-assembled as classic BPF, for bwrap's ``--seccomp FD``.
+"""The seccomp policy, an allow-list assembled as classic BPF for bwrap's ``--seccomp FD``.
 
-It denies the system calls no user program needs and that widen the kernel's
-attack surface (debugging other processes, mounts, modules, keyrings, BPF,
-perf, userfaultfd, namespaces, clock and host settings, io_uring).  Denied
-calls fail with EPERM (ENOSYS for io_uring, so runtimes fall back to plain
-I/O); everything else is allowed.  A foreign architecture or the x32 ABI is
-killed: syscall numbers differ there, so the list would not hold.
+Modelled on Docker's default profile: the calls ordinary programs, interpreters and
+toolchains make are allowed (``ALLOWED``); anything else, including every call a newer
+kernel adds, fails with ENOSYS, which is what programs expect of a call the kernel does
+not have (glibc and the runtimes then fall back: io_uring, inotify and clone3-era calls
+included). Beyond that:
 
-No library is needed: the program is a list of ``struct sock_filter``
-(u16 code, u8 jt, u8 jf, u32 k) that bwrap loads after it has set the
-sandbox up, right before exec'ing the program.
+* calls programs probe and cope with being refused (debugging other processes, mounts,
+  namespaces, keyrings, perf, clock and host settings) fail with EPERM (``REFUSED``);
+* calls that only serve an attack on the kernel or the machine (kexec, modules, bpf,
+  open_by_handle_at, port I/O, reboot, swap) kill the process (``KILLED``);
+* ``socket``/``socketpair`` take only the families a program can use in a sandbox without a
+  network: AF_UNIX, AF_INET, AF_INET6, and AF_NETLINK for NETLINK_ROUTE alone (how libc
+  and runtimes list interfaces; the namespace has only ``lo``). AF_VSOCK, AF_PACKET and
+  the rest fail with EAFNOSUPPORT, other netlink protocols with EPROTONOSUPPORT;
+* file locks (``flock``, ``fcntl`` F_SETLK*) succeed without locking: the toolchain's
+  files are shared read-only inodes, and a lock on one would block other runs and the
+  host. A run's own processes thus cannot exclude each other with locks;
+* inotify and fanotify are not allowed: watching the shared /usr showed other runs'
+  compilers at work.
+
+A foreign architecture or the x32 ABI is killed: syscall numbers differ there, so the list
+would not hold. The program is a list of ``struct sock_filter`` (u16 code, u8 jt, u8 jf,
+u32 k) that bwrap loads right before it execs the sandbox's init. The kernel caches the
+verdict of every call whose rule reads no argument, so the length of the list costs only
+the first call of each.
 """
 
 from __future__ import annotations
@@ -17,7 +32,10 @@ from __future__ import annotations
 import errno
 import os
 import platform
+import socket
 import struct
+
+from services.executor.sandbox.syscalls import NUMBERS
 
 # BPF opcodes (linux/bpf_common.h) and seccomp constants (linux/seccomp.h).
 _LD_W_ABS = 0x00 | 0x00 | 0x20  # BPF_LD | BPF_W | BPF_ABS
@@ -28,88 +46,403 @@ _JA = 0x05 | 0x00  # BPF_JMP | BPF_JA
 _RET_KILL_PROCESS = 0x8000_0000
 _RET_ERRNO = 0x0005_0000
 _RET_ALLOW = 0x7FFF_0000
-# Offsets in struct seccomp_data.
+# Offsets in struct seccomp_data; arguments are 64-bit, their low half first (both
+# architectures are little-endian).
 _NR_OFFSET = 0
 _ARCH_OFFSET = 4
+_ARG_OFFSET = (16, 24, 32)
 _X32_SYSCALL_BIT = 0x4000_0000
 
 AUDIT_ARCH_X86_64 = 0xC000_003E
 AUDIT_ARCH_AARCH64 = 0xC000_00B7
 
-# name: (x86_64, aarch64); aarch64 has no iopl/ioperm.
-DENIED: dict[str, tuple[int | None, int | None]] = {
-    "ptrace": (101, 117),
-    "process_vm_readv": (310, 270),
-    "process_vm_writev": (311, 271),
-    "mount": (165, 40),
-    "umount2": (166, 39),
-    "pivot_root": (155, 41),
-    "chroot": (161, 51),
-    "fsopen": (430, 430),
-    "fsconfig": (431, 431),
-    "fsmount": (432, 432),
-    "fspick": (433, 433),
-    "open_tree": (428, 428),
-    "move_mount": (429, 429),
-    "mount_setattr": (442, 442),
-    "swapon": (167, 224),
-    "swapoff": (168, 225),
-    "reboot": (169, 142),
-    "sethostname": (170, 161),
-    "setdomainname": (171, 162),
-    "init_module": (175, 105),
-    "finit_module": (313, 273),
-    "delete_module": (176, 106),
-    "kexec_load": (246, 104),
-    "kexec_file_load": (320, 294),
-    "quotactl": (179, 60),
-    "acct": (163, 89),
-    "settimeofday": (164, 170),
-    "clock_settime": (227, 112),
-    "clock_adjtime": (305, 266),
-    "adjtimex": (159, 171),
-    "keyctl": (250, 219),
-    "add_key": (248, 217),
-    "request_key": (249, 218),
-    "perf_event_open": (298, 241),
-    "bpf": (321, 280),
-    "userfaultfd": (323, 282),
-    "unshare": (272, 97),
-    "setns": (308, 268),
-    "open_by_handle_at": (304, 265),
-    "name_to_handle_at": (303, 264),
-    "syslog": (103, 116),
-    "lookup_dcookie": (212, 18),
-    "vhangup": (153, 58),
-    "iopl": (172, None),
-    "ioperm": (173, None),
-}
-# io_uring answers ENOSYS: libuv, Go and the JVM then use ordinary syscalls.
-NOT_IMPLEMENTED: dict[str, tuple[int, int]] = {
-    "io_uring_setup": (425, 425),
-    "io_uring_enter": (426, 426),
-    "io_uring_register": (427, 427),
-}
+ALLOWED = [
+    "accept",
+    "accept4",
+    "access",
+    "alarm",
+    "arch_prctl",
+    "bind",
+    "brk",
+    "capget",
+    "capset",
+    "chdir",
+    "chmod",
+    "chown",
+    "clock_getres",
+    "clock_gettime",
+    "clock_nanosleep",
+    "clone",
+    "clone3",
+    "close",
+    "close_range",
+    "connect",
+    "copy_file_range",
+    "creat",
+    "dup",
+    "dup2",
+    "dup3",
+    "epoll_create",
+    "epoll_create1",
+    "epoll_ctl",
+    "epoll_pwait",
+    "epoll_pwait2",
+    "epoll_wait",
+    "eventfd",
+    "eventfd2",
+    "execve",
+    "execveat",
+    "exit",
+    "exit_group",
+    "faccessat",
+    "faccessat2",
+    "fadvise64",
+    "fallocate",
+    "fchdir",
+    "fchmod",
+    "fchmodat",
+    "fchown",
+    "fchownat",
+    "fdatasync",
+    "fgetxattr",
+    "flistxattr",
+    "fork",
+    "fremovexattr",
+    "fsetxattr",
+    "fstat",
+    "fstatfs",
+    "fsync",
+    "ftruncate",
+    "futex",
+    "futex_waitv",
+    "futimesat",
+    "get_mempolicy",
+    "get_robust_list",
+    "getcpu",
+    "getcwd",
+    "getdents",
+    "getdents64",
+    "getegid",
+    "geteuid",
+    "getgid",
+    "getgroups",
+    "getitimer",
+    "getpeername",
+    "getpgid",
+    "getpgrp",
+    "getpid",
+    "getppid",
+    "getpriority",
+    "getrandom",
+    "getresgid",
+    "getresuid",
+    "getrlimit",
+    "getrusage",
+    "getsid",
+    "getsockname",
+    "getsockopt",
+    "gettid",
+    "gettimeofday",
+    "getuid",
+    "getxattr",
+    "io_cancel",
+    "io_destroy",
+    "io_getevents",
+    "io_pgetevents",
+    "io_setup",
+    "io_submit",
+    "ioctl",
+    "ioprio_get",
+    "ioprio_set",
+    "kill",
+    "landlock_add_rule",
+    "landlock_create_ruleset",
+    "landlock_restrict_self",
+    "lchown",
+    "lgetxattr",
+    "link",
+    "linkat",
+    "listen",
+    "listxattr",
+    "llistxattr",
+    "lremovexattr",
+    "lseek",
+    "lsetxattr",
+    "lstat",
+    "madvise",
+    "mbind",
+    "membarrier",
+    "memfd_create",
+    "mincore",
+    "mkdir",
+    "mkdirat",
+    "mknod",
+    "mknodat",
+    "mlock",
+    "mlock2",
+    "mlockall",
+    "mmap",
+    "mprotect",
+    "mq_getsetattr",
+    "mq_notify",
+    "mq_open",
+    "mq_timedreceive",
+    "mq_timedsend",
+    "mq_unlink",
+    "mremap",
+    "msgctl",
+    "msgget",
+    "msgrcv",
+    "msgsnd",
+    "msync",
+    "munlock",
+    "munlockall",
+    "munmap",
+    "nanosleep",
+    "newfstatat",
+    "open",
+    "openat",
+    "openat2",
+    "pause",
+    "personality",
+    "pidfd_open",
+    "pidfd_send_signal",
+    "pipe",
+    "pipe2",
+    "pkey_alloc",
+    "pkey_free",
+    "pkey_mprotect",
+    "poll",
+    "ppoll",
+    "prctl",
+    "pread64",
+    "preadv",
+    "preadv2",
+    "prlimit64",
+    "pselect6",
+    "pwrite64",
+    "pwritev",
+    "pwritev2",
+    "read",
+    "readahead",
+    "readlink",
+    "readlinkat",
+    "readv",
+    "recvfrom",
+    "recvmmsg",
+    "recvmsg",
+    "remap_file_pages",
+    "removexattr",
+    "rename",
+    "renameat",
+    "renameat2",
+    "restart_syscall",
+    "rmdir",
+    "rseq",
+    "rt_sigaction",
+    "rt_sigpending",
+    "rt_sigprocmask",
+    "rt_sigqueueinfo",
+    "rt_sigreturn",
+    "rt_sigsuspend",
+    "rt_sigtimedwait",
+    "rt_tgsigqueueinfo",
+    "sched_get_priority_max",
+    "sched_get_priority_min",
+    "sched_getaffinity",
+    "sched_getattr",
+    "sched_getparam",
+    "sched_getscheduler",
+    "sched_rr_get_interval",
+    "sched_setaffinity",
+    "sched_setattr",
+    "sched_setparam",
+    "sched_setscheduler",
+    "sched_yield",
+    "seccomp",
+    "select",
+    "semctl",
+    "semget",
+    "semop",
+    "semtimedop",
+    "sendfile",
+    "sendmmsg",
+    "sendmsg",
+    "sendto",
+    "set_mempolicy",
+    "set_mempolicy_home_node",
+    "set_robust_list",
+    "set_tid_address",
+    "setfsgid",
+    "setfsuid",
+    "setgid",
+    "setgroups",
+    "setitimer",
+    "setpgid",
+    "setpriority",
+    "setregid",
+    "setresgid",
+    "setresuid",
+    "setreuid",
+    "setrlimit",
+    "setsid",
+    "setsockopt",
+    "setuid",
+    "setxattr",
+    "shmat",
+    "shmctl",
+    "shmdt",
+    "shmget",
+    "shutdown",
+    "sigaltstack",
+    "signalfd",
+    "signalfd4",
+    "splice",
+    "stat",
+    "statfs",
+    "statx",
+    "symlink",
+    "symlinkat",
+    "sync",
+    "sync_file_range",
+    "syncfs",
+    "sysinfo",
+    "tee",
+    "tgkill",
+    "time",
+    "timer_create",
+    "timer_delete",
+    "timer_getoverrun",
+    "timer_gettime",
+    "timer_settime",
+    "timerfd_create",
+    "timerfd_gettime",
+    "timerfd_settime",
+    "times",
+    "tkill",
+    "truncate",
+    "umask",
+    "uname",
+    "unlink",
+    "unlinkat",
+    "utime",
+    "utimensat",
+    "utimes",
+    "vfork",
+    "vmsplice",
+    "wait4",
+    "waitid",
+    "write",
+    "writev",
+]
+REFUSED = [
+    "ptrace",
+    "process_vm_readv",
+    "process_vm_writev",
+    "pidfd_getfd",
+    "kcmp",
+    "process_madvise",
+    "process_mrelease",
+    "mount",
+    "umount2",
+    "pivot_root",
+    "chroot",
+    "fsopen",
+    "fsconfig",
+    "fsmount",
+    "fspick",
+    "open_tree",
+    "move_mount",
+    "mount_setattr",
+    "unshare",
+    "setns",
+    "keyctl",
+    "add_key",
+    "request_key",
+    "perf_event_open",
+    "syslog",
+    "quotactl",
+    "quotactl_fd",
+    "acct",
+    "settimeofday",
+    "clock_settime",
+    "clock_adjtime",
+    "adjtimex",
+    "sethostname",
+    "setdomainname",
+    "vhangup",
+    "lookup_dcookie",
+    "name_to_handle_at",
+    "userfaultfd",
+    "move_pages",
+    "migrate_pages",
+]
+KILLED = [
+    "kexec_load",
+    "kexec_file_load",
+    "init_module",
+    "finit_module",
+    "delete_module",
+    "bpf",
+    "open_by_handle_at",
+    "iopl",
+    "ioperm",
+    "reboot",
+    "swapon",
+    "swapoff",
+]
+SOCKET_FAMILIES = (socket.AF_UNIX, socket.AF_INET, socket.AF_INET6)
+_NETLINK_ROUTE = 0
+# fcntl commands that take a lock: F_SETLK, F_SETLKW, F_OFD_SETLK, F_OFD_SETLKW.
+_LOCK_COMMANDS = (6, 7, 37, 38)
 
 
 def _insn(code: int, k: int, jt: int = 0, jf: int = 0) -> bytes:
     return struct.pack("=HBBI", code, jt, jf, k)
 
 
+def _on_arg(arg: int, values: tuple[int, ...], match: int, other: int) -> list[bytes]:
+    """Return ``match`` when argument ``arg`` (its low 32 bits) is one of ``values``, else
+    ``other`` (the last instruction)."""
+    block = [_insn(_LD_W_ABS, _ARG_OFFSET[arg])]
+    for value in values:
+        block += [_insn(_JEQ_K, value, jt=0, jf=1), _insn(_RET_K, match)]
+    return [*block, _insn(_RET_K, other)]
+
+
 def _arch_block(index: int, x32_check: bool) -> list[bytes]:
     """Instructions judging the syscall number for one architecture's table."""
-    rules = [(nrs[index], errno.EPERM) for nrs in DENIED.values() if nrs[index] is not None]
-    rules += [(nrs[index], errno.ENOSYS) for nrs in NOT_IMPLEMENTED.values()]
+
+    def nr(name: str) -> int | None:
+        return NUMBERS[name][index]
+
+    nofamily = _RET_ERRNO | errno.EAFNOSUPPORT
+    netlink = _on_arg(2, (_NETLINK_ROUTE,), _RET_ALLOW, _RET_ERRNO | errno.EPROTONOSUPPORT)
+    families = _on_arg(0, SOCKET_FAMILIES, _RET_ALLOW, nofamily)
+    # Before the final return: netlink sockets go on to their protocol check.
+    families[-1:-1] = [_insn(_JEQ_K, socket.AF_NETLINK, jt=0, jf=len(netlink)), *netlink]
+    # (syscall number, instructions run with it; they end in a return).
+    rules: list[tuple[int | None, list[bytes]]] = [
+        (nr("socket"), families),
+        (nr("socketpair"), _on_arg(0, (socket.AF_UNIX,), _RET_ALLOW, nofamily)),
+        # Errno 0: the call returns success without running.
+        (nr("flock"), [_insn(_RET_K, _RET_ERRNO | 0)]),
+        (nr("fcntl"), _on_arg(1, _LOCK_COMMANDS, _RET_ERRNO | 0, _RET_ALLOW)),
+    ]
+    rules += [(nr(name), [_insn(_RET_K, _RET_KILL_PROCESS)]) for name in KILLED]
+    rules += [(nr(name), [_insn(_RET_K, _RET_ERRNO | errno.EPERM)]) for name in REFUSED]
+    rules += [(nr(name), [_insn(_RET_K, _RET_ALLOW)]) for name in ALLOWED]
     block = [_insn(_LD_W_ABS, _NR_OFFSET)]
     if x32_check:
         block.append(_insn(_JGE_K, _X32_SYSCALL_BIT, jt=0, jf=1))
         block.append(_insn(_RET_K, _RET_KILL_PROCESS))
-    for nr, err in rules:
-        assert nr is not None
-        # Equal: fall through to the return; otherwise skip it.
-        block.append(_insn(_JEQ_K, nr, jt=0, jf=1))
-        block.append(_insn(_RET_K, _RET_ERRNO | err))
-    block.append(_insn(_RET_K, _RET_ALLOW))
+    for number, body in rules:
+        if number is None:
+            continue
+        # Equal: fall into the body; otherwise skip it (A still holds the number).
+        block.append(_insn(_JEQ_K, number, jt=0, jf=len(body)))
+        block += body
+    block.append(_insn(_RET_K, _RET_ERRNO | errno.ENOSYS))
     return block
 
 

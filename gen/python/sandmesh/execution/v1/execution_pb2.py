@@ -25,41 +25,41 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%sandmesh/execution/v1/execution.proto\x12\x15sandmesh.execution.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9c\x01\n\x06Limits\x12\x13\n\x0b\x63pu_time_ms\x18\x01 \x01(\r\x12\x14\n\x0cwall_time_ms\x18\x02 \x01(\r\x12\x11\n\tmemory_mb\x18\x03 \x01(\r\x12\x15\n\rmax_processes\x18\x04 \x01(\r\x12\x14\n\x0coutput_bytes\x18\x05 \x01(\r\x12\x17\n\x0f\x66ile_size_bytes\x18\x06 \x01(\r\x12\x0e\n\x06tmp_mb\x18\x07 \x01(\r\"%\n\x04\x46ile\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\x0c\"\xdf\x01\n\x10\x45xecutionRequest\x12\x10\n\x08language\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\r\n\x05stdin\x18\x03 \x01(\x0c\x12\x0c\n\x04\x61rgs\x18\x04 \x03(\t\x12*\n\x05\x66iles\x18\x05 \x03(\x0b\x32\x1b.sandmesh.execution.v1.File\x12-\n\x06limits\x18\x06 \x01(\x0b\x32\x1d.sandmesh.execution.v1.Limits\x12\x31\n\x08priority\x18\x07 \x01(\x0e\x32\x1f.sandmesh.execution.v1.Priority\"l\n\rResourceUsage\x12\x14\n\x0cwall_time_ms\x18\x01 \x01(\x04\x12\x13\n\x0b\x63pu_time_ms\x18\x02 \x01(\x04\x12\x19\n\x11peak_memory_bytes\x18\x03 \x01(\x04\x12\x15\n\rbytes_written\x18\x04 \x01(\x04\"\xea\x02\n\x0f\x45xecutionResult\x12\x36\n\x06status\x18\x01 \x01(\x0e\x32&.sandmesh.execution.v1.ExecutionStatus\x12\x0e\n\x06stdout\x18\x02 \x01(\x0c\x12\x0e\n\x06stderr\x18\x03 \x01(\x0c\x12\x18\n\x10stdout_truncated\x18\x04 \x01(\x08\x12\x18\n\x10stderr_truncated\x18\x05 \x01(\x08\x12\x16\n\texit_code\x18\x06 \x01(\x05H\x00\x88\x01\x01\x12\x0e\n\x06signal\x18\x07 \x01(\t\x12\x33\n\x05usage\x18\x08 \x01(\x0b\x32$.sandmesh.execution.v1.ResourceUsage\x12\x12\n\nerror_code\x18\t \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\n \x01(\t\x12\x13\n\x0bstdout_size\x18\x0b \x01(\x04\x12\x13\n\x0bstderr_size\x18\x0c \x01(\x04\x12\x12\n\noutput_ref\x18\r \x01(\tB\x0c\n\n_exit_code\"\xd4\x03\n\tExecution\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x36\n\x06status\x18\x03 \x01(\x0e\x32&.sandmesh.execution.v1.ExecutionStatus\x12\x38\n\x07request\x18\x04 \x01(\x0b\x32\'.sandmesh.execution.v1.ExecutionRequest\x12\x36\n\x06result\x18\x05 \x01(\x0b\x32&.sandmesh.execution.v1.ExecutionResult\x12\x0f\n\x07\x61ttempt\x18\x06 \x01(\r\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x64\x65\x61\x64line\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0equeue_position\x18\x0b \x01(\r\x12\x19\n\x11\x65stimated_wait_ms\x18\x0c \x01(\r\"\x91\x02\n\x0e\x45xecutionEvent\x12\x14\n\x0c\x65xecution_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x06status\x18\x04 \x01(\x0b\x32#.sandmesh.execution.v1.StatusChangeH\x00\x12\x34\n\x06output\x18\x05 \x01(\x0b\x32\".sandmesh.execution.v1.OutputChunkH\x00\x12\x38\n\x06result\x18\x06 \x01(\x0b\x32&.sandmesh.execution.v1.ExecutionResultH\x00\x42\x06\n\x04kind\"\x94\x01\n\x0cStatusChange\x12\x36\n\x06status\x18\x01 \x01(\x0e\x32&.sandmesh.execution.v1.ExecutionStatus\x12\x16\n\x0equeue_position\x18\x02 \x01(\r\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\r\x12\x13\n\x0b\x65xecutor_id\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x05 \x01(\t\"`\n\x0bOutputChunk\x12\x33\n\x06stream\x18\x01 \x01(\x0e\x32#.sandmesh.execution.v1.OutputStream\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x0e\n\x06offset\x18\x03 \x01(\x04\"\x93\x01\n\x03Job\x12\x14\n\x0c\x65xecution_id\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x38\n\x07request\x18\x03 \x01(\x0b\x32\'.sandmesh.execution.v1.ExecutionRequest\x12,\n\x08\x64\x65\x61\x64line\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x7f\n\tJobResult\x12\x14\n\x0c\x65xecution_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x13\n\x0b\x65xecutor_id\x18\x03 \x01(\t\x12\x36\n\x06result\x18\x04 \x01(\x0b\x32&.sandmesh.execution.v1.ExecutionResult\"\x89\x02\n\x08Language\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x11\n\tfile_name\x18\x04 \x01(\t\x12\x10\n\x08\x63ompiled\x18\x05 \x01(\x08\x12\x35\n\x0e\x64\x65\x66\x61ult_limits\x18\x06 \x01(\x0b\x32\x1d.sandmesh.execution.v1.Limits\x12\x31\n\nmax_limits\x18\x07 \x01(\x0b\x32\x1d.sandmesh.execution.v1.Limits\x12\x10\n\x08template\x18\x08 \x01(\t\x12\x31\n\nmin_limits\x18\t \x01(\x0b\x32\x1d.sandmesh.execution.v1.Limits*\xb7\x03\n\x0f\x45xecutionStatus\x12 \n\x1c\x45XECUTION_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x45XECUTION_STATUS_QUEUED\x10\x01\x12\x1c\n\x18\x45XECUTION_STATUS_RUNNING\x10\x02\x12\x1e\n\x1a\x45XECUTION_STATUS_COMPLETED\x10\x03\x12\x1b\n\x17\x45XECUTION_STATUS_FAILED\x10\x04\x12\x1c\n\x18\x45XECUTION_STATUS_TIMEOUT\x10\x05\x12!\n\x1d\x45XECUTION_STATUS_MEMORY_LIMIT\x10\x06\x12!\n\x1d\x45XECUTION_STATUS_OUTPUT_LIMIT\x10\x07\x12&\n\"EXECUTION_STATUS_COMPILATION_ERROR\x10\x08\x12\x1e\n\x1a\x45XECUTION_STATUS_CANCELLED\x10\t\x12\x1c\n\x18\x45XECUTION_STATUS_EXPIRED\x10\n\x12\x1d\n\x19\x45XECUTION_STATUS_REJECTED\x10\x0b\x12!\n\x1d\x45XECUTION_STATUS_SYSTEM_ERROR\x10\x0c*R\n\x08Priority\x12\x18\n\x14PRIORITY_UNSPECIFIED\x10\x00\x12\x18\n\x14PRIORITY_INTERACTIVE\x10\x01\x12\x12\n\x0ePRIORITY_BATCH\x10\x02*a\n\x0cOutputStream\x12\x1d\n\x19OUTPUT_STREAM_UNSPECIFIED\x10\x00\x12\x18\n\x14OUTPUT_STREAM_STDOUT\x10\x01\x12\x18\n\x14OUTPUT_STREAM_STDERR\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%sandmesh/execution/v1/execution.proto\x12\x15sandmesh.execution.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb4\x01\n\x06Limits\x12\x13\n\x0b\x63pu_time_ms\x18\x01 \x01(\r\x12\x14\n\x0cwall_time_ms\x18\x02 \x01(\r\x12\x11\n\tmemory_mb\x18\x03 \x01(\r\x12\x15\n\rmax_processes\x18\x04 \x01(\r\x12\x14\n\x0coutput_bytes\x18\x05 \x01(\r\x12\x17\n\x0f\x66ile_size_bytes\x18\x06 \x01(\r\x12\x0e\n\x06tmp_mb\x18\x07 \x01(\r\x12\x16\n\x0e\x63pu_millicores\x18\x08 \x01(\r\"%\n\x04\x46ile\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\x0c\"\xdf\x01\n\x10\x45xecutionRequest\x12\x10\n\x08language\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\r\n\x05stdin\x18\x03 \x01(\x0c\x12\x0c\n\x04\x61rgs\x18\x04 \x03(\t\x12*\n\x05\x66iles\x18\x05 \x03(\x0b\x32\x1b.sandmesh.execution.v1.File\x12-\n\x06limits\x18\x06 \x01(\x0b\x32\x1d.sandmesh.execution.v1.Limits\x12\x31\n\x08priority\x18\x07 \x01(\x0e\x32\x1f.sandmesh.execution.v1.Priority\"l\n\rResourceUsage\x12\x14\n\x0cwall_time_ms\x18\x01 \x01(\x04\x12\x13\n\x0b\x63pu_time_ms\x18\x02 \x01(\x04\x12\x19\n\x11peak_memory_bytes\x18\x03 \x01(\x04\x12\x15\n\rbytes_written\x18\x04 \x01(\x04\"\xea\x02\n\x0f\x45xecutionResult\x12\x36\n\x06status\x18\x01 \x01(\x0e\x32&.sandmesh.execution.v1.ExecutionStatus\x12\x0e\n\x06stdout\x18\x02 \x01(\x0c\x12\x0e\n\x06stderr\x18\x03 \x01(\x0c\x12\x18\n\x10stdout_truncated\x18\x04 \x01(\x08\x12\x18\n\x10stderr_truncated\x18\x05 \x01(\x08\x12\x16\n\texit_code\x18\x06 \x01(\x05H\x00\x88\x01\x01\x12\x0e\n\x06signal\x18\x07 \x01(\t\x12\x33\n\x05usage\x18\x08 \x01(\x0b\x32$.sandmesh.execution.v1.ResourceUsage\x12\x12\n\nerror_code\x18\t \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\n \x01(\t\x12\x13\n\x0bstdout_size\x18\x0b \x01(\x04\x12\x13\n\x0bstderr_size\x18\x0c \x01(\x04\x12\x12\n\noutput_ref\x18\r \x01(\tB\x0c\n\n_exit_code\"\xd4\x03\n\tExecution\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x36\n\x06status\x18\x03 \x01(\x0e\x32&.sandmesh.execution.v1.ExecutionStatus\x12\x38\n\x07request\x18\x04 \x01(\x0b\x32\'.sandmesh.execution.v1.ExecutionRequest\x12\x36\n\x06result\x18\x05 \x01(\x0b\x32&.sandmesh.execution.v1.ExecutionResult\x12\x0f\n\x07\x61ttempt\x18\x06 \x01(\r\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x64\x65\x61\x64line\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0equeue_position\x18\x0b \x01(\r\x12\x19\n\x11\x65stimated_wait_ms\x18\x0c \x01(\r\"\x91\x02\n\x0e\x45xecutionEvent\x12\x14\n\x0c\x65xecution_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x06status\x18\x04 \x01(\x0b\x32#.sandmesh.execution.v1.StatusChangeH\x00\x12\x34\n\x06output\x18\x05 \x01(\x0b\x32\".sandmesh.execution.v1.OutputChunkH\x00\x12\x38\n\x06result\x18\x06 \x01(\x0b\x32&.sandmesh.execution.v1.ExecutionResultH\x00\x42\x06\n\x04kind\"\x94\x01\n\x0cStatusChange\x12\x36\n\x06status\x18\x01 \x01(\x0e\x32&.sandmesh.execution.v1.ExecutionStatus\x12\x16\n\x0equeue_position\x18\x02 \x01(\r\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\r\x12\x13\n\x0b\x65xecutor_id\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x05 \x01(\t\"`\n\x0bOutputChunk\x12\x33\n\x06stream\x18\x01 \x01(\x0e\x32#.sandmesh.execution.v1.OutputStream\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x0e\n\x06offset\x18\x03 \x01(\x04\"\x93\x01\n\x03Job\x12\x14\n\x0c\x65xecution_id\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x38\n\x07request\x18\x03 \x01(\x0b\x32\'.sandmesh.execution.v1.ExecutionRequest\x12,\n\x08\x64\x65\x61\x64line\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x7f\n\tJobResult\x12\x14\n\x0c\x65xecution_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x13\n\x0b\x65xecutor_id\x18\x03 \x01(\t\x12\x36\n\x06result\x18\x04 \x01(\x0b\x32&.sandmesh.execution.v1.ExecutionResult\"\x89\x02\n\x08Language\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x11\n\tfile_name\x18\x04 \x01(\t\x12\x10\n\x08\x63ompiled\x18\x05 \x01(\x08\x12\x35\n\x0e\x64\x65\x66\x61ult_limits\x18\x06 \x01(\x0b\x32\x1d.sandmesh.execution.v1.Limits\x12\x31\n\nmax_limits\x18\x07 \x01(\x0b\x32\x1d.sandmesh.execution.v1.Limits\x12\x10\n\x08template\x18\x08 \x01(\t\x12\x31\n\nmin_limits\x18\t \x01(\x0b\x32\x1d.sandmesh.execution.v1.Limits*\xb7\x03\n\x0f\x45xecutionStatus\x12 \n\x1c\x45XECUTION_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x45XECUTION_STATUS_QUEUED\x10\x01\x12\x1c\n\x18\x45XECUTION_STATUS_RUNNING\x10\x02\x12\x1e\n\x1a\x45XECUTION_STATUS_COMPLETED\x10\x03\x12\x1b\n\x17\x45XECUTION_STATUS_FAILED\x10\x04\x12\x1c\n\x18\x45XECUTION_STATUS_TIMEOUT\x10\x05\x12!\n\x1d\x45XECUTION_STATUS_MEMORY_LIMIT\x10\x06\x12!\n\x1d\x45XECUTION_STATUS_OUTPUT_LIMIT\x10\x07\x12&\n\"EXECUTION_STATUS_COMPILATION_ERROR\x10\x08\x12\x1e\n\x1a\x45XECUTION_STATUS_CANCELLED\x10\t\x12\x1c\n\x18\x45XECUTION_STATUS_EXPIRED\x10\n\x12\x1d\n\x19\x45XECUTION_STATUS_REJECTED\x10\x0b\x12!\n\x1d\x45XECUTION_STATUS_SYSTEM_ERROR\x10\x0c*R\n\x08Priority\x12\x18\n\x14PRIORITY_UNSPECIFIED\x10\x00\x12\x18\n\x14PRIORITY_INTERACTIVE\x10\x01\x12\x12\n\x0ePRIORITY_BATCH\x10\x02*a\n\x0cOutputStream\x12\x1d\n\x19OUTPUT_STREAM_UNSPECIFIED\x10\x00\x12\x18\n\x14OUTPUT_STREAM_STDOUT\x10\x01\x12\x18\n\x14OUTPUT_STREAM_STDERR\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'sandmesh.execution.v1.execution_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_EXECUTIONSTATUS']._serialized_start=2540
-  _globals['_EXECUTIONSTATUS']._serialized_end=2979
-  _globals['_PRIORITY']._serialized_start=2981
-  _globals['_PRIORITY']._serialized_end=3063
-  _globals['_OUTPUTSTREAM']._serialized_start=3065
-  _globals['_OUTPUTSTREAM']._serialized_end=3162
+  _globals['_EXECUTIONSTATUS']._serialized_start=2564
+  _globals['_EXECUTIONSTATUS']._serialized_end=3003
+  _globals['_PRIORITY']._serialized_start=3005
+  _globals['_PRIORITY']._serialized_end=3087
+  _globals['_OUTPUTSTREAM']._serialized_start=3089
+  _globals['_OUTPUTSTREAM']._serialized_end=3186
   _globals['_LIMITS']._serialized_start=98
-  _globals['_LIMITS']._serialized_end=254
-  _globals['_FILE']._serialized_start=256
-  _globals['_FILE']._serialized_end=293
-  _globals['_EXECUTIONREQUEST']._serialized_start=296
-  _globals['_EXECUTIONREQUEST']._serialized_end=519
-  _globals['_RESOURCEUSAGE']._serialized_start=521
-  _globals['_RESOURCEUSAGE']._serialized_end=629
-  _globals['_EXECUTIONRESULT']._serialized_start=632
-  _globals['_EXECUTIONRESULT']._serialized_end=994
-  _globals['_EXECUTION']._serialized_start=997
-  _globals['_EXECUTION']._serialized_end=1465
-  _globals['_EXECUTIONEVENT']._serialized_start=1468
-  _globals['_EXECUTIONEVENT']._serialized_end=1741
-  _globals['_STATUSCHANGE']._serialized_start=1744
-  _globals['_STATUSCHANGE']._serialized_end=1892
-  _globals['_OUTPUTCHUNK']._serialized_start=1894
-  _globals['_OUTPUTCHUNK']._serialized_end=1990
-  _globals['_JOB']._serialized_start=1993
-  _globals['_JOB']._serialized_end=2140
-  _globals['_JOBRESULT']._serialized_start=2142
-  _globals['_JOBRESULT']._serialized_end=2269
-  _globals['_LANGUAGE']._serialized_start=2272
-  _globals['_LANGUAGE']._serialized_end=2537
+  _globals['_LIMITS']._serialized_end=278
+  _globals['_FILE']._serialized_start=280
+  _globals['_FILE']._serialized_end=317
+  _globals['_EXECUTIONREQUEST']._serialized_start=320
+  _globals['_EXECUTIONREQUEST']._serialized_end=543
+  _globals['_RESOURCEUSAGE']._serialized_start=545
+  _globals['_RESOURCEUSAGE']._serialized_end=653
+  _globals['_EXECUTIONRESULT']._serialized_start=656
+  _globals['_EXECUTIONRESULT']._serialized_end=1018
+  _globals['_EXECUTION']._serialized_start=1021
+  _globals['_EXECUTION']._serialized_end=1489
+  _globals['_EXECUTIONEVENT']._serialized_start=1492
+  _globals['_EXECUTIONEVENT']._serialized_end=1765
+  _globals['_STATUSCHANGE']._serialized_start=1768
+  _globals['_STATUSCHANGE']._serialized_end=1916
+  _globals['_OUTPUTCHUNK']._serialized_start=1918
+  _globals['_OUTPUTCHUNK']._serialized_end=2014
+  _globals['_JOB']._serialized_start=2017
+  _globals['_JOB']._serialized_end=2164
+  _globals['_JOBRESULT']._serialized_start=2166
+  _globals['_JOBRESULT']._serialized_end=2293
+  _globals['_LANGUAGE']._serialized_start=2296
+  _globals['_LANGUAGE']._serialized_end=2561
 # @@protoc_insertion_point(module_scope)

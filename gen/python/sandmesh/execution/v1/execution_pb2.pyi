@@ -107,6 +107,7 @@ class Limits(_message.Message):
     OUTPUT_BYTES_FIELD_NUMBER: _builtins.int
     FILE_SIZE_BYTES_FIELD_NUMBER: _builtins.int
     TMP_MB_FIELD_NUMBER: _builtins.int
+    CPU_MILLICORES_FIELD_NUMBER: _builtins.int
     cpu_time_ms: _builtins.int
     wall_time_ms: _builtins.int
     memory_mb: _builtins.int
@@ -114,6 +115,10 @@ class Limits(_message.Message):
     output_bytes: _builtins.int
     file_size_bytes: _builtins.int
     tmp_mb: _builtins.int
+    cpu_millicores: _builtins.int
+    """CPU share in thousandths of a core (cgroup cpu.max): 1000 lets the run's threads
+    together use one core's worth of time per scheduling period.
+    """
     def __init__(
         self,
         *,
@@ -124,10 +129,11 @@ class Limits(_message.Message):
         output_bytes: _builtins.int = ...,
         file_size_bytes: _builtins.int = ...,
         tmp_mb: _builtins.int = ...,
+        cpu_millicores: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpu_time_ms", b"cpu_time_ms", "file_size_bytes", b"file_size_bytes", "max_processes", b"max_processes", "memory_mb", b"memory_mb", "output_bytes", b"output_bytes", "tmp_mb", b"tmp_mb", "wall_time_ms", b"wall_time_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpu_millicores", b"cpu_millicores", "cpu_time_ms", b"cpu_time_ms", "file_size_bytes", b"file_size_bytes", "max_processes", b"max_processes", "memory_mb", b"memory_mb", "output_bytes", b"output_bytes", "tmp_mb", b"tmp_mb", "wall_time_ms", b"wall_time_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
