@@ -70,10 +70,10 @@ def store_results(lifecycle: Lifecycle) -> Callable[[Msg], Awaitable[None]]:
 
     async def handle(msg: Msg) -> None:
         job_result = execution_pb2.JobResult.FromString(msg.data)
-        stored = await lifecycle.store.finish(
+        tenant = await lifecycle.store.finish(
             job_result.execution_id, job_result.attempt, job_result.result
         )
-        if stored:
+        if tenant is not None:
             metrics.EXECUTIONS.labels(statuses.to_name(job_result.result.status)).inc()
             await messages.publish_event(
                 lifecycle.queue.js,
@@ -81,6 +81,8 @@ def store_results(lifecycle: Lifecycle) -> Callable[[Msg], Awaitable[None]]:
                     execution_id=job_result.execution_id, result=job_result.result
                 ),
             )
+            # A slot of the tenant's running cap is free: its next waiting run may go.
+            await lifecycle.dispatch_quietly(tenant)
         else:
             log.info(
                 "result for a closed execution ignored",

@@ -47,18 +47,13 @@ class Lifecycle:
         self.queue = queue
 
     async def enqueue(self, new: NewExecution) -> tuple[execution_pb2.Execution, bool]:
-        """Store and queue a new execution (or return the earlier one for a reused key)."""
+        """Store a new execution and hand it to the queue as its tenant's running cap allows
+        (or return the earlier one for a reused key)."""
         js = self.queue.js  # ConnectionError before anything is stored
         self._check_size(new)
         execution, created = await self.store.insert(new)
         if not created:
             return execution, False
-        job = execution_pb2.Job(
-            execution_id=execution.id,
-            tenant=execution.tenant,
-            request=execution.request,
-            deadline=execution.deadline,
-        )
         try:
             # QUEUED goes first: once the job is out, an executor may report RUNNING at once.
             await messages.publish_event(
@@ -68,7 +63,7 @@ class Lifecycle:
                     status=execution_pb2.StatusChange(status=execution_pb2.EXECUTION_STATUS_QUEUED),
                 ),
             )
-            ack = await messages.publish_job(js, job, statuses.lane(new.request.priority))
+            await self.dispatch(new.tenant, fresh=execution.id)
         except Exception as exc:
             log.warning(
                 "queue unavailable", extra={"error": str(exc), "execution_id": execution.id}
@@ -83,8 +78,39 @@ class Lifecycle:
                 with contextlib.suppress(Exception):
                     await self._tell_watchers(js, execution.id, result)
             raise QueueUnavailable("the work queue is unavailable") from exc
-        await self.store.set_job_seq(execution.id, ack.seq)
         return execution, True
+
+    async def dispatch(self, tenant: str, fresh: str | None = None) -> None:
+        """Hand `tenant`'s waiting executions to the work queue, as many as its running cap
+        has room for. One whose job cannot be published waits again for a later dispatch;
+        if that is `fresh` (the one being submitted) the error is raised."""
+        failed: dict[str, Exception] = {}
+        for execution in await self.store.claim_dispatch(tenant):
+            job = execution_pb2.Job(
+                execution_id=execution.id,
+                tenant=execution.tenant,
+                request=execution.request,
+                deadline=execution.deadline,
+            )
+            try:
+                lane = statuses.lane(execution.request.priority)
+                ack = await messages.publish_job(self.queue.js, job, lane)
+            except Exception as exc:
+                failed[execution.id] = exc
+                continue
+            await self.store.set_job_seq(execution.id, ack.seq)
+        for execution_id in failed:
+            if execution_id != fresh:
+                await self.store.release_dispatch(execution_id)
+        if fresh in failed:
+            raise failed[fresh]
+
+    async def dispatch_quietly(self, tenant: str) -> None:
+        """`dispatch` after a run ends; a failure is logged, and the sweeper tries again."""
+        try:
+            await self.dispatch(tenant)
+        except Exception as exc:
+            log.warning("dispatch failed; the sweeper retries", extra={"error": str(exc)})
 
     def _check_size(self, new: NewExecution) -> None:
         """Refuse, before storing anything, a request whose job the server would refuse."""
@@ -119,6 +145,9 @@ class Lifecycle:
     async def sweep(self, stuck_margin_s: float) -> None:
         """Expire jobs queued past their deadline, close runs that outlived theirs, and forget
         executions past their retention (their stored output expires with them)."""
+        for tenant in await self.store.tenants_waiting():
+            await self.dispatch(tenant)
+        await self.store.release_stale_dispatches()
         forgotten = await self.store.delete_finished_before(self.queue.settings.retention_s)
         if forgotten:
             log.info("executions past their retention deleted", extra={"count": forgotten})
@@ -167,6 +196,7 @@ class Lifecycle:
                 await js.delete_msg(subjects.JOBS_STREAM, closed.job_seq)
         await self._tell_watchers(js, closed.execution.id, closed.execution.result)
         await self.queue.nc.publish(subjects.CANCEL_SUBJECT, closed.execution.id.encode())
+        await self.dispatch_quietly(closed.execution.tenant)
 
     async def _tell_watchers(
         self, js: JetStreamContext, execution_id: str, result: execution_pb2.ExecutionResult

@@ -30,7 +30,12 @@ class Scheduler:
         self.pool = db_pool.new_pool(settings.database_url)
         self.queue = Queue(settings.nats_url, "sandmesh-scheduler", load(QueueSettings))
         store = ExecutionStore(
-            self.pool, QueueLimits(settings.max_queued_per_tenant, settings.max_queued)
+            self.pool,
+            QueueLimits(
+                settings.max_queued_per_tenant,
+                settings.max_queued,
+                {"free": settings.free_max_running, "pro": settings.pro_max_running},
+            ),
         )
         self.lifecycle = Lifecycle(store, self.queue)
         self.registry = Registry(settings.executor_silence_s)

@@ -21,6 +21,12 @@ class SchedulerSettings:
         "SANDMESH_MAX_QUEUED_PER_TENANT", 1000, "open (queued or running) executions per tenant"
     )
     max_queued: int = env("SANDMESH_MAX_QUEUED", 10000, "queued executions in all")
+    free_max_running: int = env(
+        "SANDMESH_FREE_MAX_RUNNING", 1, "free tier: executions of one tenant handed to executors"
+    )
+    pro_max_running: int = env(
+        "SANDMESH_PRO_MAX_RUNNING", 8, "pro tier: executions of one tenant handed to executors"
+    )
     sweep_interval_s: float = env(
         "SANDMESH_SWEEP_INTERVAL_S", 1.0, "how often expired and stuck executions are closed"
     )

@@ -67,6 +67,9 @@ class NewExecution:
 class QueueLimits:
     per_tenant: int
     total: int
+    # Executions of one tenant handed to executors at once, by tier: one tenant cannot
+    # hold every executor slot. A tenant with no row (an internal caller) has no cap.
+    running_by_tier: dict[str, int]
 
 
 @dataclass(frozen=True)
@@ -240,6 +243,68 @@ class ExecutionStore:
             )
             return cursor.rowcount
 
+    async def claim_dispatch(self, tenant: str) -> list[execution_pb2.Execution]:
+        """Mark as handed over as many of `tenant`'s waiting executions as its running cap
+        leaves room for (interactive first, then oldest), and return them to be queued.
+
+        Under a per-tenant advisory lock, so schedulers running side by side never hand
+        over more than the cap between them.
+        """
+        async with self._pool.connection() as conn, conn.transaction():
+            cursor = conn.cursor(row_factory=dict_row)
+            await cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (tenant,))
+            await cursor.execute(
+                "SELECT (SELECT tier FROM tenants WHERE id = %s) AS tier,"
+                " (SELECT count(*) FROM executions WHERE tenant = %s AND status IN (%s, %s)"
+                "  AND dispatched_at IS NOT NULL) AS handed_over",
+                (tenant, tenant, *statuses.OPEN),
+            )
+            row = await cursor.fetchone()
+            assert row is not None
+            cap = self._limits.running_by_tier.get(row["tier"]) if row["tier"] else None
+            room = None if cap is None else max(0, cap - int(row["handed_over"]))
+            if room == 0:
+                return []
+            await cursor.execute(
+                "UPDATE executions SET dispatched_at = now() WHERE id IN"
+                " (SELECT id FROM executions WHERE tenant = %s AND status = %s"
+                "  AND dispatched_at IS NULL"
+                "  ORDER BY priority = 'batch', created_at LIMIT %s FOR UPDATE)"
+                f" RETURNING {_COLUMNS}",
+                (tenant, statuses.QUEUED, room),
+            )
+            rows = await cursor.fetchall()
+        return [_to_proto(row) for row in sorted(rows, key=lambda r: r["created_at"])]
+
+    async def release_dispatch(self, execution_id: str) -> None:
+        """Its job never reached the queue: it waits again, for a later dispatch."""
+        async with self._pool.connection() as conn:
+            await conn.execute(
+                "UPDATE executions SET dispatched_at = NULL WHERE id = %s AND status = %s",
+                (uuid.UUID(execution_id), statuses.QUEUED),
+            )
+
+    async def release_stale_dispatches(self, after_s: float = 30.0) -> None:
+        """Executions marked handed over whose job never got its stream sequence (a
+        scheduler stopped between the two) wait again, well inside the broker's dedupe
+        window, so a republish of a job that did go out is dropped."""
+        async with self._pool.connection() as conn:
+            await conn.execute(
+                "UPDATE executions SET dispatched_at = NULL WHERE status = %s"
+                " AND job_seq IS NULL AND dispatched_at < now() - make_interval(secs => %s)",
+                (statuses.QUEUED, after_s),
+            )
+
+    async def tenants_waiting(self) -> list[str]:
+        """Tenants with executions waiting for room under their running cap."""
+        async with self._pool.connection() as conn:
+            cursor = await conn.execute(
+                "SELECT DISTINCT tenant FROM executions"
+                " WHERE status = %s AND dispatched_at IS NULL",
+                (statuses.QUEUED,),
+            )
+            return [row[0] for row in await cursor.fetchall()]
+
     async def release_key(self, execution_id: str) -> None:
         """Free the idempotency key of an execution that was never queued, so a retry with
         the same key makes a fresh one instead of finding this failure."""
@@ -344,12 +409,13 @@ class ExecutionStore:
 
     async def finish(
         self, execution_id: str, attempt: int, result: execution_pb2.ExecutionResult
-    ) -> bool:
-        """Store the final result once; False when the execution was already final."""
+    ) -> str | None:
+        """Store the final result once: the execution's tenant, or None when it was
+        already final."""
         async with self._pool.connection() as conn:
             cursor = await conn.execute(
                 "UPDATE executions SET status = %s, attempt = greatest(attempt, %s), result = %s,"
-                " finished_at = now() WHERE id = %s AND status IN (%s, %s)",
+                " finished_at = now() WHERE id = %s AND status IN (%s, %s) RETURNING tenant",
                 (
                     statuses.to_name(result.status),
                     attempt,
@@ -358,7 +424,8 @@ class ExecutionStore:
                     *statuses.OPEN,
                 ),
             )
-            return cursor.rowcount == 1
+            row = await cursor.fetchone()
+        return None if row is None else str(row[0])
 
     async def _close_where(
         self, condition: str, params: tuple[Any, ...], result: execution_pb2.ExecutionResult

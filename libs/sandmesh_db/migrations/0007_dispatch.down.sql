@@ -1,0 +1,2 @@
+DROP INDEX executions_held;
+ALTER TABLE executions DROP COLUMN dispatched_at;
