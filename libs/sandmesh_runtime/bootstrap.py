@@ -111,7 +111,7 @@ async def serve(service: Service, port: int, runtime: RuntimeSettings) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
 
-    metrics.serve(service.name, runtime.metrics_port)
+    metrics.serve(runtime.metrics_port)
     await health.start()
     await server.start()
     await service.start()

@@ -25,6 +25,13 @@ log = logging.getLogger("sandmesh.rpc")
 _status: contextvars.ContextVar[grpc.StatusCode] = contextvars.ContextVar(
     "call_status", default=grpc.StatusCode.OK
 )
+_type: contextvars.ContextVar[str] = contextvars.ContextVar("call_type", default="unary")
+
+
+def call_type() -> str:
+    """The current call's kind, as go-grpc-prometheus names it: unary, client_stream,
+    server_stream or bidi_stream."""
+    return _type.get()
 
 
 def call_status() -> grpc.StatusCode:
@@ -50,8 +57,12 @@ def _recording_status(context: grpc.aio.ServicerContext[Any, Any]) -> Iterator[N
 
 @contextlib.asynccontextmanager
 async def _entered(
-    hooks: Sequence[CallHook], method: str, context: grpc.aio.ServicerContext[Any, Any]
+    hooks: Sequence[CallHook],
+    method: str,
+    context: grpc.aio.ServicerContext[Any, Any],
+    kind: str,
 ) -> AsyncIterator[None]:
+    _type.set(kind)
     async with contextlib.AsyncExitStack() as stack:
         for hook in hooks:
             await stack.enter_async_context(hook(method, context))
@@ -73,7 +84,7 @@ def _wrap(handler: Any, method: str, hooks: Sequence[CallHook]) -> Any:
         unary_unary = handler.unary_unary
 
         async def answer(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            async with _entered(hooks, method, context):
+            async with _entered(hooks, method, context, "unary"):
                 return await unary_unary(request, context)
 
         return grpc.unary_unary_rpc_method_handler(answer, **codecs)
@@ -81,7 +92,7 @@ def _wrap(handler: Any, method: str, hooks: Sequence[CallHook]) -> Any:
         stream_unary = handler.stream_unary
 
         async def answer_stream(requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            async with _entered(hooks, method, context):
+            async with _entered(hooks, method, context, "client_stream"):
                 return await stream_unary(requests, context)
 
         return grpc.stream_unary_rpc_method_handler(answer_stream, **codecs)
@@ -89,7 +100,7 @@ def _wrap(handler: Any, method: str, hooks: Sequence[CallHook]) -> Any:
         unary_stream = handler.unary_stream
 
         async def stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            async with _entered(hooks, method, context):
+            async with _entered(hooks, method, context, "server_stream"):
                 async for response in unary_stream(request, context):
                     yield response
 
@@ -97,7 +108,7 @@ def _wrap(handler: Any, method: str, hooks: Sequence[CallHook]) -> Any:
     stream_stream = handler.stream_stream
 
     async def exchange(requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        async with _entered(hooks, method, context):
+        async with _entered(hooks, method, context, "bidi_stream"):
             async for response in stream_stream(requests, context):
                 yield response
 
@@ -140,9 +151,9 @@ async def logging_hook(
     finally:
         code = call_status()
         elapsed = time.monotonic() - started
-        service = metrics.SERVICE["name"]
-        metrics.RPC_REQUESTS.labels(service, method, code.name).inc()
-        metrics.RPC_LATENCY.labels(service, method).observe(elapsed)
+        service, _, name = method.lstrip("/").partition("/")
+        metrics.RPC_HANDLED.labels(service, name, call_type(), code.name).inc()
+        metrics.RPC_HANDLING.labels(service, name, call_type()).observe(elapsed)
         log.info(
             "rpc",
             extra={

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
-SERVICE = {"name": "unknown"}
-
-RPC_REQUESTS = Counter(
-    "sandmesh_rpc_requests_total",
-    "RPCs served, by method and status code",
-    ["service", "method", "code"],
+# Under the names and labels of go-grpc-prometheus, which dashboards and alerts know.
+RPC_HANDLED = Counter(
+    "grpc_server_handled_total",
+    "RPCs completed on the server, by status code",
+    ["grpc_service", "grpc_method", "grpc_type", "grpc_code"],
 )
-RPC_LATENCY = Histogram(
-    "sandmesh_rpc_duration_seconds",
-    "Time to serve an RPC",
-    ["service", "method"],
+RPC_HANDLING = Histogram(
+    "grpc_server_handling_seconds",
+    "Time the server took to complete an RPC",
+    ["grpc_service", "grpc_method", "grpc_type"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 EXECUTIONS = Counter(
@@ -43,11 +42,9 @@ BREAKER_OPEN = Gauge(
 )
 
 
-def serve(service: str, port: int) -> None:
-    """Label this process's metrics with `service` and expose them on `port` (0: not at all).
-
-    Process memory and CPU come with prometheus_client's default process collector.
+def serve(port: int) -> None:
+    """Expose this process's metrics on `port` (0: not at all); Prometheus labels them with
+    the pod they came from. Process memory and CPU come with the default process collector.
     """
-    SERVICE["name"] = service
     if port:
         start_http_server(port, addr="0.0.0.0")

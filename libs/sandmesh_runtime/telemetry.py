@@ -106,17 +106,23 @@ async def tracing_hook(
             _record_code(span, interceptors.call_status())
 
 
+# The codes OpenTelemetry's gRPC conventions count as a server's error; the rest (a bad
+# request, a quota reached, a call the client cancelled) are answers, not failures.
+SERVER_ERRORS = frozenset(
+    {
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.UNIMPLEMENTED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DATA_LOSS,
+    }
+)
+
+
 def _record_code(span: trace.Span, code: grpc.StatusCode) -> None:
     span.set_attribute("rpc.grpc.status_code", code.value[0])
-    # A client's own mistake is not a failure of the service that refused it.
-    if code not in (
-        grpc.StatusCode.OK,
-        grpc.StatusCode.INVALID_ARGUMENT,
-        grpc.StatusCode.NOT_FOUND,
-        grpc.StatusCode.ALREADY_EXISTS,
-        grpc.StatusCode.UNAUTHENTICATED,
-        grpc.StatusCode.PERMISSION_DENIED,
-    ):
+    if code in SERVER_ERRORS:
         span.set_status(Status(StatusCode.ERROR, code.name))
 
 

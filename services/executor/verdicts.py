@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from sandmesh.execution.v1 import execution_pb2
+from sandmesh_contracts import results
 from services.executor.sandbox.limits import SandboxLimits
 from services.executor.sandbox.runner import RunOutcome, Verdict
 
@@ -16,19 +17,15 @@ _STATUS = {
     Verdict.CANCELLED: execution_pb2.EXECUTION_STATUS_CANCELLED,
 }
 
-# Stable error codes clients can match on (E001 compile, E002 runtime, E003 memory,
-# E004 time, E005 system, E006 unsafe).
 _ERROR_CODE = {
-    Verdict.COMPLETED: "",
-    Verdict.FAILED: "E002",
-    Verdict.TIMEOUT: "E004",
-    Verdict.MEMORY_LIMIT: "E003",
-    Verdict.OUTPUT_LIMIT: "E002",
-    Verdict.SYSTEM_ERROR: "E005",
-    Verdict.CANCELLED: "",
+    Verdict.COMPLETED: execution_pb2.ERROR_CODE_UNSPECIFIED,
+    Verdict.FAILED: execution_pb2.ERROR_CODE_RUNTIME,
+    Verdict.TIMEOUT: execution_pb2.ERROR_CODE_TIME,
+    Verdict.MEMORY_LIMIT: execution_pb2.ERROR_CODE_MEMORY,
+    Verdict.OUTPUT_LIMIT: execution_pb2.ERROR_CODE_RUNTIME,
+    Verdict.SYSTEM_ERROR: execution_pb2.ERROR_CODE_SYSTEM,
+    Verdict.CANCELLED: execution_pb2.ERROR_CODE_UNSPECIFIED,
 }
-COMPILE_ERROR = "E001"
-UNSAFE = "E006"
 
 
 def sandbox_limits(limits: execution_pb2.Limits) -> SandboxLimits:
@@ -54,7 +51,6 @@ def to_result(outcome: RunOutcome) -> execution_pb2.ExecutionResult:
         stdout_truncated=outcome.stdout_truncated,
         stderr_truncated=outcome.stderr_truncated,
         signal=outcome.signal_name or "",
-        error_code=_ERROR_CODE[outcome.verdict],
         detail=outcome.detail,
         usage=execution_pb2.ResourceUsage(
             wall_time_ms=outcome.wall_time_ms,
@@ -65,6 +61,7 @@ def to_result(outcome: RunOutcome) -> execution_pb2.ExecutionResult:
     )
     if outcome.exit_code is not None:
         result.exit_code = outcome.exit_code
+    results.set_error(result, _ERROR_CODE[outcome.verdict])
     return result
 
 
@@ -78,7 +75,7 @@ def compile_failed(outcome: RunOutcome, detail: str | None = None) -> execution_
     if outcome.verdict in (Verdict.SYSTEM_ERROR, Verdict.CANCELLED):
         return result
     result.status = execution_pb2.EXECUTION_STATUS_COMPILATION_ERROR
-    result.error_code = COMPILE_ERROR
+    results.set_error(result, execution_pb2.ERROR_CODE_COMPILE)
     if detail is not None:
         result.detail = detail
     elif outcome.verdict is Verdict.FAILED and outcome.signal_name is None:
@@ -89,13 +86,8 @@ def compile_failed(outcome: RunOutcome, detail: str | None = None) -> execution_
     return result
 
 
-def refused(
-    status: execution_pb2.ExecutionStatus.ValueType, detail: str, error_code: str = ""
-) -> execution_pb2.ExecutionResult:
-    """A result for a job that was not run at all."""
-    return execution_pb2.ExecutionResult(status=status, detail=detail, error_code=error_code)
-
-
 def system_error(detail: str) -> execution_pb2.ExecutionResult:
     """Our own failure, final: nothing a retry could change."""
-    return refused(execution_pb2.EXECUTION_STATUS_SYSTEM_ERROR, detail, "E005")
+    return results.closed(
+        execution_pb2.EXECUTION_STATUS_SYSTEM_ERROR, detail, execution_pb2.ERROR_CODE_SYSTEM
+    )

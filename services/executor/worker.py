@@ -18,6 +18,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from sandmesh.execution.v1 import execution_pb2
+from sandmesh_contracts import results
 from sandmesh_contracts.files import is_plain_file_name
 from sandmesh_queue import faults, messages, outputs, subjects
 from sandmesh_queue.connection import Queue
@@ -373,37 +374,37 @@ class Worker:
     ) -> tuple[execution_pb2.ExecutionResult, bool]:
         """The job's result, and whether a warm sandbox ran it."""
         if self._cancels.cancelled(job.execution_id):
-            return verdicts.refused(
+            return results.closed(
                 execution_pb2.EXECUTION_STATUS_CANCELLED, "cancelled before it started"
             ), False
         time_left = job.deadline.ToMilliseconds() / 1000 - time.time()
         if job.HasField("deadline") and time_left <= 0:
-            return verdicts.refused(
+            return results.closed(
                 execution_pb2.EXECUTION_STATUS_EXPIRED, "the deadline passed while queued"
             ), False
         spec = self._registry.get(job.request.language)
         if spec is None:
-            return verdicts.refused(
+            return results.closed(
                 execution_pb2.EXECUTION_STATUS_REJECTED,
                 f"unknown language {job.request.language!r}",
             ), False
         limits, violations = languages.resolve_limits(spec, job.request.limits)
         if violations:
-            return verdicts.refused(
+            return results.closed(
                 execution_pb2.EXECUTION_STATUS_REJECTED,
                 "; ".join(f"{field} {why}" for field, why in violations),
             ), False
         unsafe = [f.name for f in job.request.files if not is_plain_file_name(f.name)]
         if unsafe:
-            return verdicts.refused(
+            return results.closed(
                 execution_pb2.EXECUTION_STATUS_REJECTED,
                 f"files: unsafe names {unsafe!r}",
-                verdicts.UNSAFE,
+                execution_pb2.ERROR_CODE_UNSAFE,
             ), False
         too_big = pipeline.check_files(spec, job.request, limits)
         if too_big is not None:
-            return verdicts.refused(
-                execution_pb2.EXECUTION_STATUS_REJECTED, too_big, verdicts.UNSAFE
+            return results.closed(
+                execution_pb2.EXECUTION_STATUS_REJECTED, too_big, execution_pb2.ERROR_CODE_UNSAFE
             ), False
         deadline = job.deadline.ToMilliseconds() / 1000 if job.HasField("deadline") else None
 

@@ -13,7 +13,7 @@ import logging
 from nats.js import JetStreamContext
 
 from sandmesh.execution.v1 import execution_pb2
-from sandmesh_contracts import statuses
+from sandmesh_contracts import results, statuses
 from sandmesh_queue import messages, outputs, subjects
 from sandmesh_queue.connection import Queue
 from sandmesh_runtime import errors, metrics
@@ -68,10 +68,10 @@ class Lifecycle:
             log.warning(
                 "queue unavailable", extra={"error": str(exc), "execution_id": execution.id}
             )
-            result = execution_pb2.ExecutionResult(
-                status=execution_pb2.EXECUTION_STATUS_SYSTEM_ERROR,
-                error_code="E005",
-                detail="the work queue was unavailable; nothing ran",
+            result = results.closed(
+                execution_pb2.EXECUTION_STATUS_SYSTEM_ERROR,
+                "the work queue was unavailable; nothing ran",
+                execution_pb2.ERROR_CODE_SYSTEM,
             )
             await self.store.release_key(execution.id)
             if await self.store.finish(execution.id, 0, result):

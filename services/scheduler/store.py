@@ -15,7 +15,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from sandmesh.execution.v1 import execution_pb2
 from sandmesh.scheduler.v1 import scheduler_pb2
-from sandmesh_contracts import statuses
+from sandmesh_contracts import results, statuses
 from sandmesh_contracts.wire import MAX_RESPONSE_BYTES
 from sandmesh_db.rows import copy_times, parse_id
 from sandmesh_queue import subjects
@@ -453,9 +453,7 @@ class ExecutionStore:
         closed = await self._close_where(
             "id = %s AND tenant = %s",
             (key, tenant),
-            execution_pb2.ExecutionResult(
-                status=execution_pb2.EXECUTION_STATUS_CANCELLED, detail="cancelled by the caller"
-            ),
+            results.closed(execution_pb2.EXECUTION_STATUS_CANCELLED, "cancelled by the caller"),
         )
         return closed[0] if closed else None
 
@@ -464,10 +462,10 @@ class ExecutionStore:
         return await self._close_where(
             "status = 'QUEUED' AND deadline < now()",
             (),
-            execution_pb2.ExecutionResult(
-                status=execution_pb2.EXECUTION_STATUS_EXPIRED,
-                error_code="E004",
-                detail="the deadline passed while it was queued; it never ran",
+            results.closed(
+                execution_pb2.EXECUTION_STATUS_EXPIRED,
+                "the deadline passed while it was queued; it never ran",
+                execution_pb2.ERROR_CODE_TIME,
             ),
         )
 
@@ -476,10 +474,10 @@ class ExecutionStore:
         return await self._close_where(
             "status = 'RUNNING' AND deadline + make_interval(secs => %s) < now()",
             (margin_s,),
-            execution_pb2.ExecutionResult(
-                status=execution_pb2.EXECUTION_STATUS_SYSTEM_ERROR,
-                error_code="E005",
-                detail="the run outlived its deadline without a result; its executor was lost",
+            results.closed(
+                execution_pb2.EXECUTION_STATUS_SYSTEM_ERROR,
+                "the run outlived its deadline without a result; its executor was lost",
+                execution_pb2.ERROR_CODE_SYSTEM,
             ),
         )
 
@@ -528,10 +526,10 @@ class ExecutionStore:
         closed = await self._close_where(
             "id = %s",
             (key,),
-            execution_pb2.ExecutionResult(
-                status=execution_pb2.EXECUTION_STATUS_SYSTEM_ERROR,
-                error_code="E005",
-                detail=f"moved to the dead-letter store: {reason}",
+            results.closed(
+                execution_pb2.EXECUTION_STATUS_SYSTEM_ERROR,
+                f"moved to the dead-letter store: {reason}",
+                execution_pb2.ERROR_CODE_SYSTEM,
             ),
         )
         async with self._pool.connection() as conn:

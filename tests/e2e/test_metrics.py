@@ -35,8 +35,8 @@ def value(text: str, series: str) -> float:
 @pytest.mark.parametrize("service", SERVICES)
 def test_each_service_answers_in_prometheus_text_format(mesh: Mesh, service: str) -> None:
     text = scrape(mesh, service)
-    assert "# TYPE sandmesh_rpc_requests_total counter" in text
-    assert "# TYPE sandmesh_rpc_duration_seconds histogram" in text
+    assert "# TYPE grpc_server_handled_total counter" in text
+    assert "# TYPE grpc_server_handling_seconds histogram" in text
     assert value(text, "process_resident_memory_bytes") > 0
 
 
@@ -52,8 +52,15 @@ async def test_counters_move_when_an_execution_runs(mesh: Mesh, servers: Servers
     def moved(service: str, series: str) -> float:
         return value(after[service], series) - value(before[service], series)
 
-    method = "/sandmesh.gateway.v1.GatewayService/SubmitExecution"
-    assert moved("gateway", f'sandmesh_rpc_requests_total{{method="{method}",code="OK"}}') == 1
+    submitted = (
+        'grpc_server_handled_total{grpc_service="sandmesh.gateway.v1.GatewayService",'
+        'grpc_method="SubmitExecution",grpc_type="unary",grpc_code="OK"}'
+    )
+    assert moved("gateway", submitted) == 1
+    watched = (
+        'grpc_server_handling_seconds_count{grpc_method="WatchExecution",grpc_type="server_stream"}'
+    )
+    assert moved("gateway", watched) >= 1
     assert moved("scheduler", 'sandmesh_executions_finished_total{status="COMPLETED"}') >= 1
     assert moved("executor", 'sandmesh_sandbox_run_seconds_count{language="python3"}') >= 1
     assert "sandmesh_queue_depth" in after["scheduler"]

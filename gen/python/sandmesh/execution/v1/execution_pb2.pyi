@@ -76,6 +76,44 @@ PRIORITY_INTERACTIVE: Priority.ValueType  # 1
 PRIORITY_BATCH: Priority.ValueType  # 2
 Global___Priority: _TypeAlias = Priority  # noqa: Y015
 
+class _ErrorCode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ErrorCodeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorCode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ERROR_CODE_UNSPECIFIED: _ErrorCode.ValueType  # 0
+    ERROR_CODE_COMPILE: _ErrorCode.ValueType  # 1
+    """E001: the program did not compile (or its compile step broke a limit)."""
+    ERROR_CODE_RUNTIME: _ErrorCode.ValueType  # 2
+    """E002: the program failed at run time (an exit code, a signal, too much output)."""
+    ERROR_CODE_MEMORY: _ErrorCode.ValueType  # 3
+    """E003: the program passed its memory limit."""
+    ERROR_CODE_TIME: _ErrorCode.ValueType  # 4
+    """E004: the program passed its time limit, or its deadline passed before it ran."""
+    ERROR_CODE_SYSTEM: _ErrorCode.ValueType  # 5
+    """E005: Sandmesh itself failed; nothing the program did."""
+    ERROR_CODE_UNSAFE: _ErrorCode.ValueType  # 6
+    """E006: the request asked for something unsafe (a file name outside the work directory)."""
+
+class ErrorCode(_ErrorCode, metaclass=_ErrorCodeEnumTypeWrapper):
+    """The kind of a failed verdict. Each has a stable string form in `error_code`."""
+
+ERROR_CODE_UNSPECIFIED: ErrorCode.ValueType  # 0
+ERROR_CODE_COMPILE: ErrorCode.ValueType  # 1
+"""E001: the program did not compile (or its compile step broke a limit)."""
+ERROR_CODE_RUNTIME: ErrorCode.ValueType  # 2
+"""E002: the program failed at run time (an exit code, a signal, too much output)."""
+ERROR_CODE_MEMORY: ErrorCode.ValueType  # 3
+"""E003: the program passed its memory limit."""
+ERROR_CODE_TIME: ErrorCode.ValueType  # 4
+"""E004: the program passed its time limit, or its deadline passed before it ran."""
+ERROR_CODE_SYSTEM: ErrorCode.ValueType  # 5
+"""E005: Sandmesh itself failed; nothing the program did."""
+ERROR_CODE_UNSAFE: ErrorCode.ValueType  # 6
+"""E006: the request asked for something unsafe (a file name outside the work directory)."""
+Global___ErrorCode: _TypeAlias = ErrorCode  # noqa: Y015
+
 class _OutputStream:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -259,6 +297,7 @@ class ExecutionResult(_message.Message):
     STDOUT_SIZE_FIELD_NUMBER: _builtins.int
     STDERR_SIZE_FIELD_NUMBER: _builtins.int
     OUTPUT_REF_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
     status: Global___ExecutionStatus.ValueType
     stdout: _builtins.bytes
     """The first bytes of standard output (all of it when it is at most the inline cap)."""
@@ -271,7 +310,9 @@ class ExecutionResult(_message.Message):
     signal: _builtins.str
     """Signal name such as "SIGKILL" when the program was killed."""
     error_code: _builtins.str
-    """Stable code: E001 compile, E002 runtime, E003 memory, E004 time, E005 system, E006 unsafe."""
+    """The same as `error` as a stable string ("E001" for ERROR_CODE_COMPILE … "E006" for
+    ERROR_CODE_UNSAFE), kept for clients written before the enum.
+    """
     detail: _builtins.str
     """Human-readable explanation of the verdict."""
     stdout_size: _builtins.int
@@ -283,6 +324,8 @@ class ExecutionResult(_message.Message):
     """Where the whole output is stored when it does not all ride inline; empty otherwise.
     Read it with the gateway's ReadOutput, which finds it from the execution id.
     """
+    error: Global___ErrorCode.ValueType
+    """What kind of failure the verdict is, for a client to match on; unset on success."""
     @_builtins.property
     def usage(self) -> Global___ResourceUsage: ...
     def __init__(
@@ -301,10 +344,11 @@ class ExecutionResult(_message.Message):
         stdout_size: _builtins.int = ...,
         stderr_size: _builtins.int = ...,
         output_ref: _builtins.str = ...,
+        error: Global___ErrorCode.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "exit_code", b"exit_code", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "detail", b"detail", "error_code", b"error_code", "exit_code", b"exit_code", "output_ref", b"output_ref", "signal", b"signal", "status", b"status", "stderr", b"stderr", "stderr_size", b"stderr_size", "stderr_truncated", b"stderr_truncated", "stdout", b"stdout", "stdout_size", b"stdout_size", "stdout_truncated", b"stdout_truncated", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "detail", b"detail", "error", b"error", "error_code", b"error_code", "exit_code", b"exit_code", "output_ref", b"output_ref", "signal", b"signal", "status", b"status", "stderr", b"stderr", "stderr_size", b"stderr_size", "stderr_truncated", b"stderr_truncated", "stdout", b"stdout", "stdout_size", b"stdout_size", "stdout_truncated", b"stdout_truncated", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__exit_code: _TypeAlias = _typing.Literal["exit_code"]  # noqa: Y015
     _WhichOneofArgType__exit_code: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code"]  # noqa: Y015
