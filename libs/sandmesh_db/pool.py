@@ -2,8 +2,19 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
+
+from sandmesh_runtime.settings import env
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    url: str = env(
+        "DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/sandmesh", "Postgres, the record"
+    )
 
 
 async def _configure(conn: AsyncConnection) -> None:

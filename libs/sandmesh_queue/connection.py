@@ -17,8 +17,8 @@ log = logging.getLogger("sandmesh.queue")
 class Queue:
     """A NATS connection with JetStream, which services may hold before it exists."""
 
-    def __init__(self, url: str, name: str, settings: QueueSettings) -> None:
-        self.url = url
+    def __init__(self, name: str, settings: QueueSettings) -> None:
+        self.url = settings.url
         self.name = name
         self.settings = settings
         self._nc: Client | None = None

@@ -29,7 +29,15 @@ EVENTS_MAX_AGE_S = 3600.0
 
 @dataclass(frozen=True)
 class QueueSettings:
-    """How the streams are kept and how long a job may go unacknowledged."""
+    """Where NATS is, how the streams are kept and how long a job may wait or go
+    unacknowledged."""
+
+    url: str = env("NATS_URL", "nats://127.0.0.1:4222", "NATS with JetStream")
+    queue_ttl_s: float = env(
+        "SANDMESH_QUEUE_TTL_S",
+        600.0,
+        "how long a submitted execution may wait to run (its deadline when the caller gave none)",
+    )
 
     # An executor heartbeats with in_progress() well inside ack_wait; a silent one is
     # presumed dead and its job redelivered.

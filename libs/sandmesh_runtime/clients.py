@@ -7,8 +7,8 @@ from collections.abc import Sequence
 
 import grpc
 
-from sandmesh_runtime import telemetry
-from sandmesh_runtime.bootstrap import MAX_MESSAGE_BYTES
+from sandmesh_runtime import settings, telemetry
+from sandmesh_runtime.bootstrap import RuntimeSettings
 
 
 def retry_config(service: str, methods: Sequence[str]) -> str:
@@ -37,9 +37,10 @@ def retry_config(service: str, methods: Sequence[str]) -> str:
 def channel(target: str, service_config: str | None = None) -> grpc.aio.Channel:
     """An insecure channel to another Sandmesh service inside the mesh; its calls carry the
     caller's trace."""
+    largest = settings.load(RuntimeSettings).max_message_bytes
     options: list[tuple[str, object]] = [
-        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_receive_message_length", largest),
+        ("grpc.max_send_message_length", largest),
         ("grpc.keepalive_time_ms", 30_000),
     ]
     if service_config:

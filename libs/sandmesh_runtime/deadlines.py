@@ -17,6 +17,9 @@ import grpc
 from sandmesh_runtime.errors import DeadlineExceeded
 
 DEADLINE_HEADER = "Sandmesh-Deadline"
+# The longest an outgoing call or a wait for a pooled connection may take when the caller
+# gave no deadline (and the most it may take when it gave a longer one).
+DEFAULT_TIMEOUT_S = 5.0
 HANDOFF_MARGIN_S = 0.005
 
 _deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("deadline", default=None)
@@ -38,7 +41,7 @@ def time_left() -> float | None:
     return None if deadline is None else deadline - time.time()
 
 
-def timeout(default: float) -> float:
+def timeout(default: float = DEFAULT_TIMEOUT_S) -> float:
     """The timeout for an outgoing call: the time left, never more than `default`.
 
     A few milliseconds are held back so the answer can still reach our caller in time, and

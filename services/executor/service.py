@@ -48,9 +48,7 @@ class Executor:
             else languages.load()
         )
         self.versions: dict[str, str] = {}
-        self.queue = Queue(
-            settings.nats_url, f"sandmesh-executor-{self.executor_id}", load(QueueSettings)
-        )
+        self.queue = Queue(f"sandmesh-executor-{self.executor_id}", load(QueueSettings))
         self.cancels = Cancellations()
         self.pools = WarmPools(self.registry, settings.warm_pool_size)
         ledger = Ledger()

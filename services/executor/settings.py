@@ -11,7 +11,6 @@ from sandmesh_runtime.settings import env
 @dataclass(frozen=True)
 class ExecutorSettings:
     port: int = env("SANDMESH_EXECUTOR_PORT", 50053, "gRPC port")
-    nats_url: str = env("NATS_URL", "nats://127.0.0.1:4222", "NATS with JetStream")
     concurrency: int = env(
         "SANDMESH_EXECUTOR_CONCURRENCY", os.cpu_count() or 1, "runs at a time; jobs pulled at most"
     )

@@ -24,7 +24,7 @@ class LanguageCatalog:
         if time.monotonic() - self._fetched_at > REFRESH_S or not self._languages:
             try:
                 response = await self._executor.ListLanguages(
-                    executor_pb2.ListLanguagesRequest(), timeout=deadlines.timeout(5.0)
+                    executor_pb2.ListLanguagesRequest(), timeout=deadlines.timeout()
                 )
             except Exception:
                 if not self._languages:

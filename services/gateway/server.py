@@ -172,7 +172,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     async def SubmitExecution(
         self, request: gateway_pb2.SubmitExecutionRequest, context: Context
     ) -> gateway_pb2.SubmitExecutionResponse:
-        execution = await self._submit(request, _in_seconds(self._settings.queue_ttl_s))
+        execution = await self._submit(request, _in_seconds(self._queue.settings.queue_ttl_s))
         return gateway_pb2.SubmitExecutionResponse(execution=execution)
 
     async def RunExecution(
@@ -197,7 +197,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self, request: gateway_pb2.SubmitBatchRequest, context: Context
     ) -> gateway_pb2.SubmitBatchResponse:
         validation.batch_size("items", len(request.items))
-        deadline_s = _in_seconds(self._settings.queue_ttl_s)
+        deadline_s = _in_seconds(self._queue.settings.queue_ttl_s)
         results = []
         for index, item in enumerate(request.items):
             problems = await self._submission_problems(item, f"items[{index}].")
@@ -445,7 +445,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             )
         )
         execution = await self._submit(
-            submission, _in_seconds(self._settings.queue_ttl_s), session.id
+            submission, _in_seconds(self._queue.settings.queue_ttl_s), session.id
         )
         return gateway_pb2.RunSessionResponse(execution=execution)
 

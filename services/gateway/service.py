@@ -32,8 +32,8 @@ class Gateway:
 
     def __init__(self, settings: GatewaySettings) -> None:
         self.settings = settings
-        self.queue = Queue(settings.nats_url, "sandmesh-gateway", load(QueueSettings))
-        self.pool = db_pool.new_pool(settings.database_url)
+        self.queue = Queue("sandmesh-gateway", load(QueueSettings))
+        self.pool = db_pool.new_pool(load(db_pool.DatabaseSettings).url)
         self.tenants = TenantStore(self.pool)
         self.authenticator = Authenticator(self.tenants, settings.auth_disabled)
         self.tasks = TaskGroup()

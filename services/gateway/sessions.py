@@ -47,7 +47,7 @@ class SessionStore:
         self._pool = pool
 
     async def create(self, tenant: str, language: str, source: str) -> gateway_pb2.Session:
-        async with self._pool.connection(timeout=deadlines.timeout(5.0)) as conn:
+        async with self._pool.connection(timeout=deadlines.timeout()) as conn:
             cursor = conn.cursor(row_factory=dict_row)
             await cursor.execute(
                 "INSERT INTO sessions (id, tenant, language, source) VALUES (%s, %s, %s, %s)"
@@ -62,7 +62,7 @@ class SessionStore:
         key = parse_id(session_id)
         if key is None:
             return None
-        async with self._pool.connection(timeout=deadlines.timeout(5.0)) as conn:
+        async with self._pool.connection(timeout=deadlines.timeout()) as conn:
             cursor = conn.cursor(row_factory=dict_row)
             await cursor.execute(
                 f"SELECT {_COLUMNS} FROM sessions WHERE id = %s AND tenant = %s", (key, tenant)
@@ -80,7 +80,7 @@ class SessionStore:
         key = parse_id(session_id)
         if key is None:
             return None
-        async with self._pool.connection(timeout=deadlines.timeout(5.0)) as conn:
+        async with self._pool.connection(timeout=deadlines.timeout()) as conn:
             cursor = conn.cursor(row_factory=dict_row)
             # Compare-and-set on the revision: a stale write changes nothing.
             await cursor.execute(
@@ -103,7 +103,7 @@ class SessionStore:
         key = parse_id(session_id)
         if key is None:
             return None
-        async with self._pool.connection(timeout=deadlines.timeout(5.0)) as conn:
+        async with self._pool.connection(timeout=deadlines.timeout()) as conn:
             cursor = conn.cursor(row_factory=dict_row)
             await cursor.execute(
                 "UPDATE sessions SET closed = true, updated_at = now()"

@@ -17,9 +17,6 @@ class GatewaySettings:
     executor_target: str = env(
         "SANDMESH_EXECUTOR_TARGET", "127.0.0.1:50053", "any executor (languages)"
     )
-    database_url: str = env(
-        "DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/sandmesh", "tenants, keys, audit"
-    )
     auth_disabled: bool = env(
         "SANDMESH_AUTH_DISABLED", False, "development only: every caller is tenant 'default'"
     )
@@ -36,11 +33,7 @@ class GatewaySettings:
     session_runs_per_minute: float = env(
         "SANDMESH_SESSION_RUNS_PER_MINUTE", 10.0, "runs one session may start a minute"
     )
-    nats_url: str = env("NATS_URL", "nats://127.0.0.1:4222", "NATS with JetStream (events)")
     max_source_bytes: int = env("SANDMESH_MAX_SOURCE_BYTES", 256 * 1024, "largest source")
-    queue_ttl_s: float = env(
-        "SANDMESH_QUEUE_TTL_S", 600.0, "how long a submitted execution may wait to run"
-    )
     downstream_timeout_s: float = env(
         "SANDMESH_DOWNSTREAM_TIMEOUT_S", 10.0, "longest call to a downstream service"
     )

@@ -54,7 +54,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         return execution
 
     def _queue_deadline(self) -> datetime:
-        return datetime.fromtimestamp(time.time() + self._settings.queue_ttl_s, UTC)
+        return datetime.fromtimestamp(time.time() + self._lifecycle.queue.settings.queue_ttl_s, UTC)
 
     async def Enqueue(
         self, request: scheduler_pb2.EnqueueRequest, context: Context

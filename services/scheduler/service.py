@@ -27,8 +27,8 @@ class Scheduler:
 
     def __init__(self, settings: SchedulerSettings) -> None:
         self.settings = settings
-        self.pool = db_pool.new_pool(settings.database_url)
-        self.queue = Queue(settings.nats_url, "sandmesh-scheduler", load(QueueSettings))
+        self.pool = db_pool.new_pool(load(db_pool.DatabaseSettings).url)
+        self.queue = Queue("sandmesh-scheduler", load(QueueSettings))
         store = ExecutionStore(
             self.pool,
             QueueLimits(

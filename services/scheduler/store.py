@@ -155,7 +155,7 @@ class ExecutionStore:
         """
         digest = request_hash(new.request)
         async with (
-            self._pool.connection(timeout=deadlines.timeout(5.0)) as conn,
+            self._pool.connection(timeout=deadlines.timeout()) as conn,
             conn.transaction(),
         ):
             await _bounded(conn)
@@ -325,7 +325,7 @@ class ExecutionStore:
         key = parse_id(execution_id)
         if key is None:
             return None
-        async with self._pool.connection(timeout=deadlines.timeout(5.0)) as conn:
+        async with self._pool.connection(timeout=deadlines.timeout()) as conn:
             cursor = conn.cursor(row_factory=dict_row)
             await cursor.execute(
                 f"SELECT {_COLUMNS} FROM executions WHERE id = %s AND tenant = %s",
@@ -339,7 +339,7 @@ class ExecutionStore:
     ) -> tuple[list[execution_pb2.Execution], str]:
         """A page of `tenant`'s executions (of one session, if given), newest first."""
         after = decode_page_token(page_token) if page_token else None
-        async with self._pool.connection(timeout=deadlines.timeout(5.0)) as conn:
+        async with self._pool.connection(timeout=deadlines.timeout()) as conn:
             cursor = conn.cursor(row_factory=dict_row)
             await cursor.execute(
                 f"SELECT {_COLUMNS} FROM executions WHERE tenant = %s"
@@ -362,7 +362,7 @@ class ExecutionStore:
 
     async def queue_estimate(self, execution: execution_pb2.Execution) -> tuple[int, int]:
         """Jobs ahead in the same lane, and the wait they mean at the recent finish rate (ms)."""
-        async with self._pool.connection(timeout=deadlines.timeout(5.0)) as conn:
+        async with self._pool.connection(timeout=deadlines.timeout()) as conn:
             cursor = await conn.execute(
                 "SELECT (SELECT count(*) FROM executions WHERE status = %s AND priority = %s"
                 "        AND created_at < %s),"
@@ -508,7 +508,7 @@ class ExecutionStore:
 
     async def lane_counts(self) -> dict[str, tuple[int, float]]:
         """Per lane: executions running now, and executions finished per second lately."""
-        async with self._pool.connection(timeout=deadlines.timeout(5.0)) as conn:
+        async with self._pool.connection(timeout=deadlines.timeout()) as conn:
             cursor = await conn.execute(
                 "SELECT priority, count(*) FILTER (WHERE status = %s),"
                 " count(*) FILTER (WHERE finished_at > now() - interval '60 seconds') / 60.0"
@@ -547,7 +547,7 @@ class ExecutionStore:
     ) -> tuple[list[scheduler_pb2.DeadLetter], str]:
         """A page of `tenant`'s dead letters, newest first, and the next page's token."""
         after = decode_page_token(page_token) if page_token else None
-        async with self._pool.connection(timeout=deadlines.timeout(5.0)) as conn:
+        async with self._pool.connection(timeout=deadlines.timeout()) as conn:
             cursor = conn.cursor(row_factory=dict_row)
             await cursor.execute(
                 "SELECT d.*, e.request FROM dead_letters d JOIN executions e"
@@ -582,7 +582,7 @@ class ExecutionStore:
         key = parse_id(dead_letter_id)
         if key is None:
             return None
-        async with self._pool.connection(timeout=deadlines.timeout(5.0)) as conn:
+        async with self._pool.connection(timeout=deadlines.timeout()) as conn:
             cursor = await conn.execute(
                 "SELECT e.request FROM dead_letters d JOIN executions e ON e.id = d.execution_id"
                 " WHERE d.id = %s AND d.tenant = %s AND d.replayed_at IS NULL",

@@ -24,6 +24,7 @@ import pytest
 import yaml  # type: ignore[import-untyped]
 
 from sandmesh_queue import subjects
+from sandmesh_db.pool import DatabaseSettings
 from sandmesh_queue.streams import QueueSettings
 from sandmesh_runtime.bootstrap import RuntimeSettings
 from sandmesh_runtime.health import LIVENESS, READINESS
@@ -51,20 +52,18 @@ TRACING_ENTRY = "../../components/tracing"
 KUBERNETES_VERSION = "1.33.0"
 NAMESPACE = "sandmesh"
 
-# component -> (command, settings class)
-SERVICES: dict[str, tuple[str, type[Any]]] = {
-    "gateway": ("sandmesh-gateway", GatewaySettings),
-    "scheduler": ("sandmesh-scheduler", SchedulerSettings),
-    "executor": ("sandmesh-executor", ExecutorSettings),
-    "browser-pool": ("sandmesh-browser-pool", BrowserPoolSettings),
+# component -> (command, the settings classes it reads: its own, then shared ones)
+SERVICES: dict[str, tuple[str, tuple[type[Any], ...]]] = {
+    "gateway": ("sandmesh-gateway", (GatewaySettings, QueueSettings, DatabaseSettings)),
+    "scheduler": ("sandmesh-scheduler", (SchedulerSettings, QueueSettings, DatabaseSettings)),
+    "executor": ("sandmesh-executor", (ExecutorSettings, QueueSettings)),
+    "browser-pool": ("sandmesh-browser-pool", (BrowserPoolSettings,)),
 }
 COMMAND_TO_COMPONENT = {command: component for component, (command, _) in SERVICES.items()}
-# Read by every service that connects to NATS, since each declares the streams.
-QUEUE_ENV = {f.metadata["env"] for f in dataclasses.fields(QueueSettings)}
 EXTRA_ENV: dict[str, set[str]] = {
-    "scheduler": QUEUE_ENV,
-    "executor": QUEUE_ENV,
-    "gateway": QUEUE_ENV,
+    "scheduler": set(),
+    "executor": set(),
+    "gateway": set(),
     # Playwright's driver wants a writable HOME; the root filesystem is read-only.
     "browser-pool": {"HOME"},
 }
@@ -97,27 +96,33 @@ FORBIDDEN_FOR_BROWSERS = [
 FORBIDDEN_PATHS = ("/work", "/tmp/v2", "/root")
 
 
-def env_names(settings: type[Any]) -> set[str]:
-    return {f.metadata["env"] for f in dataclasses.fields(settings) if "env" in f.metadata}
+def env_names(*classes: type[Any]) -> set[str]:
+    return {
+        f.metadata["env"]
+        for settings in classes
+        for f in dataclasses.fields(settings)
+        if "env" in f.metadata
+    }
 
 
-def loopback_defaults(settings: type[Any]) -> set[str]:
+def loopback_defaults(classes: tuple[type[Any], ...]) -> set[str]:
     """Settings whose default points at this machine: wrong in any container, must be set."""
     return {
         f.metadata["env"]
+        for settings in classes
         for f in dataclasses.fields(settings)
         if "env" in f.metadata and "127.0.0.1" in str(f.default)
     }
 
 
-def port_default(settings: type[Any]) -> int:
-    (port,) = (f.default for f in dataclasses.fields(settings) if f.name == "port")
+def port_default(classes: tuple[type[Any], ...]) -> int:
+    (port,) = (f.default for f in dataclasses.fields(classes[0]) if f.name == "port")
     assert isinstance(port, int)
     return port
 
 
 def known_env(component: str) -> set[str]:
-    return env_names(SERVICES[component][1]) | env_names(RuntimeSettings) | EXTRA_ENV[component]
+    return env_names(*SERVICES[component][1], RuntimeSettings) | EXTRA_ENV[component]
 
 
 # ------------------------------------------------------------------------------- rendering
@@ -234,7 +239,7 @@ def test_service_runs_its_command_on_its_port(objects: list[Object], component: 
         ("metrics", METRICS_PORT),
     ]
     env = {e["name"]: e for e in container.get("env", [])}
-    (port_var,) = (f.metadata["env"] for f in dataclasses.fields(settings) if f.name == "port")
+    (port_var,) = (f.metadata["env"] for f in dataclasses.fields(settings[0]) if f.name == "port")
     if port_var in env:
         assert env[port_var]["value"] == str(port)
     service = find(objects, "Service", component)
