@@ -19,11 +19,11 @@ from psycopg_pool import AsyncConnectionPool
 from sandmesh import client
 from sandmesh.gateway.v1 import gateway_pb2_grpc
 from sandmesh_db import migrate
+from sandmesh_db.tenants import TenantStore
 from sandmesh_devstack.mesh import SERVICES, Mesh
 from sandmesh_devstack.nats import LocalNats
 from sandmesh_devstack.ports import free_ports
 from sandmesh_devstack.postgres import LocalPostgres
-from services.gateway.tenants import TenantStore
 
 
 @dataclass(frozen=True)

@@ -22,10 +22,10 @@ from psycopg_pool import AsyncConnectionPool
 from sandmesh import client
 from sandmesh.execution.v1 import execution_pb2
 from sandmesh_db import migrate
+from sandmesh_db.tenants import TenantStore
 from sandmesh_devstack.mesh import Mesh
 from sandmesh_devstack.nats import LocalNats
 from sandmesh_devstack.postgres import LocalPostgres
-from services.gateway.tenants import TenantStore
 
 SMOKE_PROGRAM = 'import sys\nprint("hello from sandmesh on", sys.version.split()[0])\n'
 

@@ -14,9 +14,9 @@ from typing import Any
 
 import grpc
 
+from sandmesh_db.tenants import Caller, TenantStore
 from sandmesh_runtime import errors
 from sandmesh_runtime.interceptors import call_status
-from services.gateway.tenants import Caller, TenantStore
 
 log = logging.getLogger("sandmesh.gateway")
 

@@ -6,10 +6,10 @@ limit fails closed, like authentication.
 
 from __future__ import annotations
 
+from sandmesh_db.tenants import TenantStore
 from sandmesh_runtime import errors
 from services.gateway import auth
 from services.gateway.settings import GatewaySettings
-from services.gateway.tenants import TenantStore
 
 
 class Quotas:

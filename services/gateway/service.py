@@ -11,6 +11,7 @@ from sandmesh.executor.v1 import executor_pb2_grpc
 from sandmesh.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from sandmesh.scheduler.v1 import scheduler_pb2_grpc
 from sandmesh_db import pool as db_pool
+from sandmesh_db.tenants import TenantStore
 from sandmesh_queue.connection import Queue
 from sandmesh_queue.streams import QueueSettings
 from sandmesh_runtime import clients
@@ -24,7 +25,6 @@ from services.gateway.quotas import Quotas
 from services.gateway.server import GatewayServicer
 from services.gateway.sessions import SessionStore
 from services.gateway.settings import GatewaySettings
-from services.gateway.tenants import TenantStore
 
 
 class Gateway:

@@ -17,8 +17,8 @@ from psycopg_pool import AsyncConnectionPool
 from sandmesh.client import AsyncClient, Client, RetryPolicy
 from sandmesh.execution.v1 import execution_pb2
 from sandmesh.retry import server_retry_delay
+from sandmesh_db.tenants import TenantStore
 from sandmesh_devstack.mesh import Mesh
-from services.gateway.tenants import TenantStore
 from tests.conftest import Servers
 
 HTTP2_PREFACE = len(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")

@@ -23,8 +23,8 @@ import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml  # type: ignore[import-untyped]
 
-from sandmesh_queue import subjects
 from sandmesh_db.pool import DatabaseSettings
+from sandmesh_queue import subjects
 from sandmesh_queue.streams import QueueSettings
 from sandmesh_runtime.bootstrap import RuntimeSettings
 from sandmesh_runtime.health import LIVENESS, READINESS

@@ -10,8 +10,8 @@ from psycopg_pool import AsyncConnectionPool
 
 from sandmesh import client
 from sandmesh.execution.v1 import execution_pb2
+from sandmesh_db.tenants import TenantStore
 from sandmesh_devstack.mesh import Mesh
-from services.gateway.tenants import TenantStore
 from tests.conftest import Servers
 
 SLEEP = "import time\ntime.sleep(2)\nprint('slept')"

@@ -10,7 +10,7 @@ import pytest
 from psycopg_pool import AsyncConnectionPool
 
 from sandmesh_db.pool import new_pool
-from services.gateway.tenants import TenantStore
+from sandmesh_db.tenants import TenantStore
 from tests.conftest import Servers
 
 

@@ -230,7 +230,7 @@ def database_url(args: argparse.Namespace) -> str:
 async def _tenants(args: argparse.Namespace) -> int:
     from psycopg_pool import AsyncConnectionPool
 
-    from services.gateway.tenants import TenantStore
+    from sandmesh_db.tenants import TenantStore
 
     async with AsyncConnectionPool(database_url(args), min_size=1, max_size=1) as pool:
         store = TenantStore(pool)
