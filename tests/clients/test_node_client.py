@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from sandmesh_devstack.mesh import Mesh
-from tests.conftest import Servers
-from tests.e2e.floods import SIXTEEN_MIB, SIXTEEN_MIB_STDERR, SIXTEEN_MIB_STDOUT
+from tests.helpers.floods import SIXTEEN_MIB, SIXTEEN_MIB_STDERR, SIXTEEN_MIB_STDOUT
+from tests.helpers.servers import Servers
 
 ROOT = Path(__file__).resolve().parents[2]
 NODE_CLIENT = ROOT / "clients" / "node"

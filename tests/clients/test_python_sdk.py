@@ -19,7 +19,7 @@ from sandmesh.execution.v1 import execution_pb2
 from sandmesh.retry import server_retry_delay
 from sandmesh_db.tenants import TenantStore
 from sandmesh_devstack.mesh import Mesh
-from tests.conftest import Servers
+from tests.helpers.servers import Servers
 
 HTTP2_PREFACE = len(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
 HTTP2_HEADERS = 0x1

@@ -11,7 +11,7 @@ import psycopg
 import pytest
 
 from sandmesh_db import migrate
-from tests.conftest import Servers
+from tests.helpers.servers import Servers
 
 SCHEMA = """
 SELECT table_name, column_name, data_type, is_nullable, coalesce(column_default, '')

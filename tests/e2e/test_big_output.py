@@ -4,9 +4,6 @@ client that keeps gRPC's default 4 MiB receive limit (as Go, Node and Java clien
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,8 +17,9 @@ from sandmesh.executor.v1 import executor_pb2, executor_pb2_grpc
 from sandmesh.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from sandmesh_devstack.mesh import Mesh, health_status
 from sandmesh_runtime.errors import details_of
-from tests.conftest import Servers
-from tests.e2e import floods
+from tests.helpers import floods
+from tests.helpers.cli import sandmesh
+from tests.helpers.servers import Servers
 
 MIB = 1024 * 1024
 DEFAULT_OUTPUT = MIB
@@ -206,22 +204,16 @@ async def test_every_rpc_serves_sixteen_mib_of_output_to_a_default_client(
     program = tmp_path / "sixteen.py"
     program.write_text(floods.SIXTEEN_MIB)
     cli = await asyncio.to_thread(
-        subprocess.run,
-        [
-            str(Path(sys.executable).parent / "sandmesh"),
-            "run",
-            str(program),
-            "--gateway",
-            mesh.services["gateway"].target,
-            "--api-key",
-            servers.api_key,
-            "--no-progress",
-            "--limit",
-            f"output_bytes={LARGEST_OUTPUT}",
-        ],
-        capture_output=True,
-        timeout=120,
-        env={k: v for k, v in os.environ.items() if not k.startswith("SANDMESH_")},
+        sandmesh,
+        "run",
+        str(program),
+        "--gateway",
+        mesh.services["gateway"].target,
+        "--api-key",
+        servers.api_key,
+        "--no-progress",
+        "--limit",
+        f"output_bytes={LARGEST_OUTPUT}",
     )
     assert cli.returncode == 0, cli.stderr[-500:]
     assert cli.stdout == floods.SIXTEEN_MIB_STDOUT

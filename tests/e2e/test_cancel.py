@@ -11,7 +11,7 @@ import nats.errors
 from sandmesh.execution.v1 import execution_pb2
 from sandmesh.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from sandmesh_queue import subjects
-from tests.conftest import Servers
+from tests.helpers.servers import Servers
 
 TICKER = "import time\nwhile True:\n    print(time.time(), flush=True)\n    time.sleep(0.05)\n"
 

@@ -11,9 +11,13 @@ from pathlib import Path
 from sandmesh_devstack.mesh import Mesh, health_status
 from sandmesh_devstack.ports import free_port
 from services.browser_pool import procs
-from tests.conftest import Servers
+from tests.helpers.cli import SANDMESH, sandmesh
+from tests.helpers.servers import Servers
 
-SANDMESH = str(Path(sys.executable).parent / "sandmesh")
+
+def at(mesh: Mesh, servers: Servers) -> tuple[str, ...]:
+    """The CLI options that reach the session mesh's gateway as tenant "default"."""
+    return ("--gateway", mesh.services["gateway"].target, "--api-key", servers.api_key)
 
 
 def test_sandmesh_run_prints_output_and_exits_with_the_program_code(
@@ -23,19 +27,7 @@ def test_sandmesh_run_prints_output_and_exits_with_the_program_code(
     program.write_text(
         "import sys\nprint('out line')\nprint('err line', file=sys.stderr)\nsys.exit(4)\n"
     )
-    done = subprocess.run(
-        [
-            SANDMESH,
-            "run",
-            str(program),
-            "--gateway",
-            mesh.services["gateway"].target,
-            "--api-key",
-            servers.api_key,
-        ],
-        capture_output=True,
-        timeout=60,
-    )
+    done = sandmesh("run", str(program), *at(mesh, servers))
     assert done.stdout == b"out line\n"
     assert done.stderr.startswith(b"err line\n")
     assert done.returncode == 4
@@ -48,31 +40,13 @@ def test_sandmesh_run_passes_arguments_and_stdin(
     program.write_text("import sys\nprint(sys.argv[1:], sys.stdin.read().upper())\n")
     feed = tmp_path / "in.txt"
     feed.write_text("abc")
-    done = subprocess.run(
-        [
-            SANDMESH,
-            "run",
-            str(program),
-            "x",
-            "y",
-            "--stdin",
-            str(feed),
-            "--gateway",
-            mesh.services["gateway"].target,
-            "--api-key",
-            servers.api_key,
-        ],
-        capture_output=True,
-        timeout=60,
-    )
+    done = sandmesh("run", str(program), "x", "y", "--stdin", str(feed), *at(mesh, servers))
     assert done.returncode == 0, done.stderr
     assert done.stdout == b"['x', 'y'] ABC\n"
 
 
 def test_sandmesh_run_on_a_missing_file_says_so(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [SANDMESH, "run", str(tmp_path / "nope.py")], capture_output=True, timeout=30
-    )
+    done = sandmesh("run", str(tmp_path / "nope.py"), timeout=30)
     assert done.returncode != 0
     assert b"cannot read" in done.stderr and b"nope.py" in done.stderr
 
@@ -150,16 +124,7 @@ def test_sandmesh_run_streams_output_while_the_program_runs_with_progress(
     program.write_text("import time\nprint('first', flush=True)\ntime.sleep(2)\nprint('second')\n")
     started = time.monotonic()
     process = subprocess.Popen(
-        [
-            SANDMESH,
-            "run",
-            str(program),
-            "--progress",
-            "--gateway",
-            mesh.services["gateway"].target,
-            "--api-key",
-            servers.api_key,
-        ],
+        [SANDMESH, "run", str(program), "--progress", *at(mesh, servers)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )

@@ -13,7 +13,7 @@ from sandmesh.execution.v1 import execution_pb2
 from sandmesh.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from sandmesh_devstack.mesh import Mesh
 from sandmesh_runtime.errors import details_of
-from tests.conftest import Servers
+from tests.helpers.servers import Servers
 
 
 async def run(

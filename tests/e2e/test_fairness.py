@@ -4,33 +4,22 @@ tenant handed to executors at once, and the rest of its work waits its turn."""
 from __future__ import annotations
 
 import asyncio
-import uuid
-
-from psycopg_pool import AsyncConnectionPool
 
 from sandmesh import client
 from sandmesh.execution.v1 import execution_pb2
-from sandmesh_db.tenants import TenantStore
 from sandmesh_devstack.mesh import Mesh
-from tests.conftest import Servers
+from tests.helpers.cli import make_tenant
+from tests.helpers.servers import Servers
 
 SLEEP = "import time\ntime.sleep(2)\nprint('slept')"
-
-
-async def free_tenant_key(servers: Servers) -> str:
-    async with AsyncConnectionPool(servers.database_url, min_size=1, max_size=1) as pool:
-        store = TenantStore(pool)
-        tenant = f"free-{uuid.uuid4().hex[:8]}"
-        await store.create_tenant(tenant, "free")
-        _, key = await store.create_key(tenant)
-    return key
 
 
 async def test_a_free_tenant_runs_one_at_a_time_and_leaves_slots_to_others(
     mesh: Mesh, servers: Servers
 ) -> None:
     target = mesh.services["gateway"].target
-    sleeper = client.AsyncClient(target, await free_tenant_key(servers), timeout=60)
+    _, _, free_key = make_tenant(servers, "free")
+    sleeper = client.AsyncClient(target, free_key, timeout=60)
     other = client.AsyncClient(target, servers.api_key, timeout=60)
     async with sleeper, other:
         request = execution_pb2.ExecutionRequest(language="python3", source=SLEEP)

@@ -10,7 +10,7 @@ import pytest
 from sandmesh import client
 from sandmesh.execution.v1 import execution_pb2
 from sandmesh_devstack.mesh import SERVICES, Mesh
-from tests.conftest import Servers
+from tests.helpers.servers import Servers
 
 
 def scrape(mesh: Mesh, service: str) -> str:

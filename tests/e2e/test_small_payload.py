@@ -4,7 +4,6 @@ and a request too large for its queue is refused by name instead of retried."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator, Iterator
 
@@ -13,11 +12,9 @@ import pytest
 
 from sandmesh import client
 from sandmesh.execution.v1 import execution_pb2
-from sandmesh_devstack.mesh import SERVICES, Mesh
-from sandmesh_devstack.nats import LocalNats
-from sandmesh_devstack.ports import free_ports
+from sandmesh_devstack.mesh import Mesh
 from sandmesh_runtime.errors import details_of
-from tests.conftest import Servers
+from tests.helpers.servers import Servers, own_mesh
 
 MAX_PAYLOAD = 64 * 1024
 SIZES = (
@@ -35,22 +32,11 @@ SIZES = (
 
 @pytest.fixture(scope="module")
 def small(servers: Servers, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Mesh, str]]:
-    base = tmp_path_factory.mktemp("small-payload")
-    nats = LocalNats.start(base / "nats", max_payload=MAX_PAYLOAD)
-    own = asyncio.run(servers.with_own_database(nats))
-    mesh = Mesh(
-        base / "logs",
-        nats.url,
-        own.database_url,
-        ports=dict(zip(SERVICES, free_ports(len(SERVICES)), strict=True)),
-    )
-    mesh.start()
-    try:
-        mesh.wait_ready()
+    with own_mesh(servers, tmp_path_factory.mktemp("small"), max_payload=MAX_PAYLOAD) as (
+        mesh,
+        own,
+    ):
         yield mesh, own.api_key
-    finally:
-        mesh.stop()
-        nats.stop()
 
 
 @pytest.fixture

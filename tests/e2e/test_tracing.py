@@ -24,7 +24,7 @@ from sandmesh.execution.v1 import execution_pb2
 from sandmesh.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from sandmesh_devstack.mesh import Mesh
 from sandmesh_devstack.nats import LocalNats
-from tests.conftest import Servers, start_mesh
+from tests.helpers.servers import Servers, start_mesh
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,8 @@ import pytest
 from sandmesh import client
 from sandmesh.executor.v1 import executor_pb2_grpc
 from sandmesh_devstack.mesh import Mesh
-from tests.conftest import Servers
-from tests.executor.support import Runner
+from tests.helpers.runner import Runner
+from tests.helpers.servers import Servers
 
 
 @pytest.fixture

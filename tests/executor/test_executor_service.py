@@ -18,7 +18,7 @@ from sandmesh.executor.v1 import executor_pb2
 from sandmesh.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from sandmesh_devstack.mesh import Mesh
 from sandmesh_queue import subjects
-from tests.executor.support import Runner, sandbox_status, status
+from tests.helpers.runner import Runner, sandbox_status, status
 
 if TYPE_CHECKING:
     from sandmesh.executor.v1.executor_pb2_grpc import ExecutorServiceAsyncStub as ExecutorStub

@@ -22,7 +22,7 @@ import services.executor.worker as executor_worker
 from sandmesh.execution.v1 import execution_pb2
 from sandmesh.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from sandmesh_runtime.errors import details_of
-from tests.executor.support import Result, Runner, assert_healthy, sandbox_status, status
+from tests.helpers.runner import Result, Runner, assert_healthy, sandbox_status, status
 
 if TYPE_CHECKING:
     from sandmesh.executor.v1.executor_pb2_grpc import ExecutorServiceAsyncStub as ExecutorStub

@@ -10,7 +10,7 @@ import grpc
 import pytest
 
 from sandmesh.executor.v1 import executor_pb2, executor_pb2_grpc
-from tests.executor.support import Runner, status
+from tests.helpers.runner import Runner, status
 
 
 @dataclass(frozen=True)

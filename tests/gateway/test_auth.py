@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -22,29 +20,9 @@ from sandmesh.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from sandmesh_devstack.mesh import Mesh, ServiceProcess, health_status
 from sandmesh_devstack.ports import free_port
 from sandmesh_runtime.errors import details_of
-from tests.conftest import Servers
-
-SANDMESH = str(Path(sys.executable).parent / "sandmesh")
-
-
-def admin(servers: Servers, *args: str) -> str:
-    done = subprocess.run(
-        [SANDMESH, "admin", *args, "--database-url", servers.postgres.url],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout
-
-
-def make_tenant(servers: Servers, tier: str = "pro") -> tuple[str, str, str]:
-    name = f"t-{uuid.uuid4().hex[:8]}"
-    admin(servers, "tenant", "create", name, "--tier", tier)
-    out = admin(servers, "key", "create", name).splitlines()
-    key_id = out[0].split()[-1]
-    key = out[1].split()[-1]
-    return name, key_id, key
+from tests.helpers.calls import code_of
+from tests.helpers.cli import admin, make_tenant
+from tests.helpers.servers import Servers
 
 
 async def dead_letter_of(servers: Servers, execution_id: str) -> str:
@@ -62,14 +40,6 @@ def submit_request(source: str = "print('x')") -> gateway_pb2.SubmitExecutionReq
     return gateway_pb2.SubmitExecutionRequest(
         request=execution_pb2.ExecutionRequest(language="python3", source=source)
     )
-
-
-async def code_of(call: object) -> grpc.StatusCode:
-    try:
-        await call  # type: ignore[misc]
-    except grpc.aio.AioRpcError as error:
-        return error.code()
-    return grpc.StatusCode.OK
 
 
 @contextlib.contextmanager

@@ -12,8 +12,8 @@ from sandmesh import client
 from sandmesh.browser.v1 import browser_pb2
 from sandmesh.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from sandmesh_devstack.mesh import Mesh
-from tests.conftest import Servers
-from tests.gateway.test_auth import code_of
+from tests.helpers.calls import code_of
+from tests.helpers.servers import Servers
 
 PAGE = "data:text/html," + urllib.parse.quote("<h1>from the pool</h1>")
 

@@ -11,7 +11,7 @@ from sandmesh import client
 from sandmesh.execution.v1 import execution_pb2
 from sandmesh.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from sandmesh_devstack.mesh import Mesh
-from tests.conftest import Servers
+from tests.helpers.servers import Servers
 
 Stub = gateway_pb2_grpc.GatewayServiceStub
 STEPS = "import time\nfor i in range(5):\n    print(i, flush=True)\n    time.sleep(0.1)\n"

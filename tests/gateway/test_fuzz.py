@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 
 from sandmesh.gateway.v1 import gateway_pb2
 from sandmesh_devstack.mesh import Mesh
-from tests.conftest import Servers
-from tests.gateway.test_auth import make_tenant
+from tests.helpers.cli import make_tenant
+from tests.helpers.servers import Servers
 
 FD = pb_descriptor.FieldDescriptor
 SERVICE = gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"]

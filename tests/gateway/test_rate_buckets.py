@@ -11,7 +11,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from sandmesh_db.pool import new_pool
 from sandmesh_db.tenants import TenantStore
-from tests.conftest import Servers
+from tests.helpers.servers import Servers
 
 
 @pytest.fixture

@@ -16,8 +16,8 @@ from sandmesh.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from sandmesh_devstack.mesh import Mesh, ServiceProcess, health_status
 from sandmesh_devstack.ports import free_port
 from sandmesh_runtime.errors import details_of
-from tests.conftest import Servers
-from tests.scheduler.conftest import wait_ready
+from tests.helpers.island import wait_ready
+from tests.helpers.servers import Servers
 
 COOLDOWN_S = 1.0
 

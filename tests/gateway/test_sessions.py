@@ -8,8 +8,9 @@ import pytest
 from sandmesh import client
 from sandmesh.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from sandmesh_devstack.mesh import Mesh
-from tests.conftest import Servers
-from tests.gateway.test_auth import code_of, make_tenant
+from tests.helpers.calls import code_of
+from tests.helpers.cli import make_tenant
+from tests.helpers.servers import Servers
 
 Gateway = gateway_pb2_grpc.GatewayServiceStub
 

@@ -17,7 +17,7 @@ import nats.errors
 import pytest
 from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StreamConfig
 
-from tests.conftest import Servers
+from tests.helpers.servers import Servers
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from nats.js.api import RetentionPolicy
 
 from sandmesh.execution.v1 import execution_pb2
 from sandmesh_queue import messages, streams, subjects
-from tests.conftest import Servers
+from tests.helpers.servers import Servers
 
 
 @pytest.fixture

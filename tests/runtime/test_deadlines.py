@@ -17,7 +17,8 @@ from sandmesh.execution.v1 import execution_pb2
 from sandmesh.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from sandmesh.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 from sandmesh_devstack.mesh import Mesh
-from tests.conftest import Servers
+from tests.helpers.calls import count_executions
+from tests.helpers.servers import Servers
 
 
 def rpc_lines(log: Path, method: str) -> list[dict[str, object]]:
@@ -30,13 +31,6 @@ def rpc_lines(log: Path, method: str) -> list[dict[str, object]]:
         if entry.get("message") == "rpc" and str(entry.get("method", "")).endswith(method):
             lines.append(entry)
     return lines
-
-
-async def count_executions(url: str) -> int:
-    async with await psycopg.AsyncConnection.connect(url) as conn:
-        row = await (await conn.execute("SELECT count(*) FROM executions")).fetchone()
-    assert row is not None
-    return int(row[0])
 
 
 async def test_slow_downstream_ends_in_deadline_exceeded_and_saw_less_time(

@@ -12,7 +12,7 @@ import grpc
 from sandmesh.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 from sandmesh_devstack.mesh import command, health_status
 from sandmesh_devstack.ports import free_port
-from tests.conftest import Servers
+from tests.helpers.servers import Servers
 
 
 def scheduler_env(servers: Servers, port: int, **extra: str) -> dict[str, str]:

@@ -16,7 +16,7 @@ from sandmesh.execution.v1 import execution_pb2
 from sandmesh.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 from sandmesh_devstack.mesh import ServiceProcess, health_status
 from sandmesh_devstack.ports import free_port
-from tests.conftest import Servers
+from tests.helpers.servers import Servers
 
 
 async def wait_for_blocked_query(url: str) -> None:

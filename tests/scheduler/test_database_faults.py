@@ -13,7 +13,7 @@ from google.rpc import error_details_pb2
 
 from sandmesh.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 from sandmesh_runtime.errors import details_of
-from tests.scheduler.conftest import Island
+from tests.helpers.island import Island
 
 
 @pytest.fixture

@@ -20,10 +20,8 @@ import pytest
 from sandmesh import client
 from sandmesh.execution.v1 import execution_pb2
 from sandmesh.gateway.v1 import gateway_pb2, gateway_pb2_grpc
-from sandmesh_devstack.mesh import SERVICES, Mesh, health_status
-from sandmesh_devstack.nats import LocalNats
-from sandmesh_devstack.ports import free_ports
-from tests.conftest import Servers
+from sandmesh_devstack.mesh import Mesh, health_status
+from tests.helpers.servers import Servers, own_mesh
 
 OPEN = ("QUEUED", "RUNNING")
 
@@ -32,29 +30,15 @@ OPEN = ("QUEUED", "RUNNING")
 def fault_mesh(
     servers: Servers, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Mesh, Servers]]:
-    base = tmp_path_factory.mktemp("faults")
-    nats = LocalNats.start(base / "nats")
-    own = asyncio.run(servers.with_own_database(nats))
-    mesh = Mesh(
-        base / "logs",
-        nats.url,
-        own.database_url,
-        ports=dict(zip(SERVICES, free_ports(len(SERVICES)), strict=True)),
-        extra_env={
-            "SANDMESH_JOB_ACK_WAIT_S": "3",
-            "SANDMESH_MAX_QUEUED_PER_TENANT": "5000",
-            # This is a load test of the queue, not of the tenant's rate limit.
-            "SANDMESH_PRO_RATE_PER_S": "10000",
-            "SANDMESH_PRO_BURST": "10000",
-        },
-    )
-    mesh.start()
-    try:
-        mesh.wait_ready()
+    extra_env = {
+        "SANDMESH_JOB_ACK_WAIT_S": "3",
+        "SANDMESH_MAX_QUEUED_PER_TENANT": "5000",
+        # This is a load test of the queue, not of the tenant's rate limit.
+        "SANDMESH_PRO_RATE_PER_S": "10000",
+        "SANDMESH_PRO_BURST": "10000",
+    }
+    with own_mesh(servers, tmp_path_factory.mktemp("faults"), extra_env) as (mesh, own):
         yield mesh, own
-    finally:
-        mesh.stop()
-        nats.stop()
 
 
 def runs_by_execution(mesh: Mesh) -> collections.Counter[str]:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -25,7 +23,8 @@ from sandmesh.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 from sandmesh_queue import messages, subjects
 from sandmesh_runtime.errors import details_of
 from services.executor import languages
-from tests.scheduler.conftest import ACK_WAIT_S, MAX_QUEUED_PER_TENANT, Island, wait_ready
+from tests.helpers.cli import sandmesh
+from tests.helpers.island import ACK_WAIT_S, MAX_QUEUED_PER_TENANT, Island, wait_ready
 
 Stub: TypeAlias = "scheduler_pb2_grpc.SchedulerServiceAsyncStub"
 
@@ -237,21 +236,17 @@ async def test_job_whose_executor_dies_every_time_is_dead_lettered_and_replays(
     assert list(hidden.dead_letters) == []
 
     gateway = ("--gateway", island.start_gateway().target, "--api-key", island.api_key)
-    shown = admin("dlq", "list", *gateway)
-    assert shown.returncode == 0 and letter.id in shown.stdout and execution.id in shown.stdout
-    replayed = admin("dlq", "replay", letter.id, *gateway)
+    shown = sandmesh("admin", "dlq", "list", *gateway)
+    listing = shown.stdout.decode()
+    assert shown.returncode == 0 and letter.id in listing and execution.id in listing
+    replayed = sandmesh("admin", "dlq", "replay", letter.id, *gateway)
     assert replayed.returncode == 0, replayed.stderr
-    replay_id = replayed.stdout.split()[-1]
+    replay_id = replayed.stdout.decode().split()[-1]
     assert replay_id != execution.id
     done = await wait_status(scheduler, who, replay_id, {execution_pb2.EXECUTION_STATUS_COMPLETED})
     assert done.result.stdout == b"finally\n"
-    twice = admin("dlq", "replay", letter.id, *gateway)
-    assert twice.returncode == 2 and "NOT_FOUND" in twice.stderr
-
-
-def admin(*args: str) -> subprocess.CompletedProcess[str]:
-    command = [str(Path(sys.executable).parent / "sandmesh"), "admin", *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=30)
+    twice = sandmesh("admin", "dlq", "replay", letter.id, *gateway)
+    assert twice.returncode == 2 and b"NOT_FOUND" in twice.stderr
 
 
 async def test_a_result_delivered_twice_is_stored_once_with_one_final_event(
