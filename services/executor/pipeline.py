@@ -26,7 +26,7 @@ from services.executor.sandbox.runner import (
     Verdict,
     run_in_sandbox,
 )
-from services.executor.warm import WarmPools
+from services.executor.sandbox.warm import WarmPools
 
 log = logging.getLogger("sandmesh.executor")
 
