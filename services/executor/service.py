@@ -23,7 +23,7 @@ from sandmesh_runtime.settings import load
 from sandmesh_runtime.tasks import TaskGroup
 from services.executor import languages, selftest
 from services.executor.cancels import Cancellations
-from services.executor.sandbox.warm import WarmPools
+from services.executor.sandbox import WarmPools
 from services.executor.server import ExecutorServicer
 from services.executor.settings import ExecutorSettings
 from services.executor.worker import ACK_S, Ledger, Worker
