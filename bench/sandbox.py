@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from bench.common import HELLO_SOURCE, SYSTEM_PYTHON
-from services.executor.sandbox.limits import SandboxLimits
-from services.executor.sandbox.runner import Verdict, run_in_sandbox
+from services.executor.sandbox import SandboxLimits, Verdict, run_in_sandbox
 
 # The python3 language's defaults ([limits.default] in services/executor/languages.toml), so
 # the bare sandbox gets exactly the limits a mesh execution of the same program gets.

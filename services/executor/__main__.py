@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 # gRPC's fork handlers restart its threads in a fork()ed child, which can abort it before it
-# execs. The sandbox spawns through vfork (no preexec_fn, see sandbox/runner.py), which runs
+# execs. The sandbox spawns through vfork (no preexec_fn, see sandbox/launch.py), which runs
 # no handlers; turning them off, before grpc is imported, covers any other fork as well.
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
 

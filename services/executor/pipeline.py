@@ -19,14 +19,14 @@ from dataclasses import dataclass
 from sandmesh.execution.v1 import execution_pb2
 from services.executor import languages, verdicts
 from services.executor.languages import LanguageSpec
-from services.executor.sandbox import bwrap
-from services.executor.sandbox.runner import (
+from services.executor.sandbox import (
     OutputSink,
     SandboxOptions,
     Verdict,
+    WarmPools,
+    bwrap,
     run_in_sandbox,
 )
-from services.executor.warm import WarmPools
 
 log = logging.getLogger("sandmesh.executor")
 

@@ -5,9 +5,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from services.executor.sandbox import seccomp
-from services.executor.sandbox.limits import SandboxLimits
-from services.executor.sandbox.runner import Verdict, run_in_sandbox, sandbox_layers
+from services.executor.sandbox import (
+    SandboxLimits,
+    Verdict,
+    run_in_sandbox,
+    sandbox_layers,
+    seccomp,
+)
 
 LIMITS = SandboxLimits(
     wall_time_s=10,

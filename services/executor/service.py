@@ -23,9 +23,9 @@ from sandmesh_runtime.settings import load
 from sandmesh_runtime.tasks import TaskGroup
 from services.executor import languages, selftest
 from services.executor.cancels import Cancellations
+from services.executor.sandbox import WarmPools
 from services.executor.server import ExecutorServicer
 from services.executor.settings import ExecutorSettings
-from services.executor.warm import WarmPools
 from services.executor.worker import ACK_S, Ledger, Worker
 
 # Jobs running at SIGTERM get this long to finish; the rest are handed back to the queue.

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from sandmesh.execution.v1 import execution_pb2
 from sandmesh_contracts import results
-from services.executor.sandbox.limits import SandboxLimits
-from services.executor.sandbox.runner import RunOutcome, Verdict
+from services.executor.sandbox import RunOutcome, SandboxLimits, Verdict
 
 _STATUS = {
     Verdict.COMPLETED: execution_pb2.EXECUTION_STATUS_COMPLETED,

@@ -28,7 +28,7 @@ from sandmesh_runtime.resilience import GaveUp, Permanent, retry_until
 from services.executor import languages, pipeline, verdicts
 from services.executor.cancels import Cancellations
 from services.executor.languages import LanguageSpec
-from services.executor.warm import WarmPools
+from services.executor.sandbox import WarmPools
 
 log = logging.getLogger("sandmesh.executor")
 

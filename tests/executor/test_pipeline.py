@@ -12,9 +12,13 @@ import pytest
 
 from sandmesh.execution.v1 import execution_pb2
 from services.executor import languages, pipeline, verdicts
-from services.executor.sandbox import cgroups
-from services.executor.sandbox.runner import SandboxOptions, Verdict, run_in_sandbox
-from services.executor.warm import WarmPools
+from services.executor.sandbox import (
+    SandboxOptions,
+    Verdict,
+    WarmPools,
+    cgroups,
+    run_in_sandbox,
+)
 
 REGISTRY = languages.load()
 PYTHON = REGISTRY["python3"]

@@ -12,12 +12,12 @@ from dataclasses import replace
 
 import pytest
 
-from services.executor.sandbox import cgroups
-from services.executor.sandbox.limits import SandboxLimits
-from services.executor.sandbox.runner import (
+from services.executor.sandbox import (
     OutputSink,
     RunOutcome,
+    SandboxLimits,
     Verdict,
+    cgroups,
     run_in_sandbox,
     sandbox_layers,
 )

@@ -5,11 +5,11 @@ v2 when the unified hierarchy has the memory controller, else the v1
 memory, pids, cpu and cpuacct hierarchies).  The CPU share is a bandwidth
 limit (v2 ``cpu.max``, v1 ``cpu.cfs_quota_us``): a run's threads together get
 at most their cores' worth of time per period, whatever else is idle, so a
-neighbour's latency does not depend on how many threads a program starts.  The sandbox joins it from
-``preexec_fn`` before bwrap is exec'd, so no process of the run can escape
-it, and everything in it is killed before it is removed.  When nothing is
-writable, ``create_run_cgroup`` returns None and the runner falls back to
-rlimits.
+neighbour's latency does not depend on how many threads a program starts.  The sandbox joins it
+before bwrap is exec'd (no ``preexec_fn``: the first command of its launch chain, a ``sh``
+writing ``cgroup.procs``, see ``launch``), so no process of the run can escape it, and
+everything in it is killed before it is removed.  When nothing is writable,
+``create_run_cgroup`` returns None and the sandbox falls back to rlimits.
 """
 
 from __future__ import annotations

@@ -26,11 +26,21 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
+# A module, not its names: verdicts imports this package in turn.
 from services.executor import verdicts
 from services.executor.languages import LanguageSpec
-from services.executor.sandbox import bwrap, cgroups, runner
+from services.executor.sandbox import bwrap, cgroups
+from services.executor.sandbox.launch import (
+    BWRAP_TASKS,
+    SandboxOptions,
+    Started,
+    pick_run_uid,
+    rlimits_for,
+    start_sandbox,
+)
 from services.executor.sandbox.limits import SandboxLimits
-from services.executor.sandbox.runner import OutputSink, RunOutcome, SandboxOptions, Verdict
+from services.executor.sandbox.outcome import OutputSink, RunOutcome, Verdict, early_outcome
+from services.executor.sandbox.supervise import release, supervise
 
 log = logging.getLogger("sandmesh.executor")
 
@@ -104,7 +114,7 @@ class WarmSandbox:
     """One pre-started sandbox; `run` may be called once."""
 
     language: str
-    started: runner.Started
+    started: Started
     control_w: int
     tmp_bytes: int
     # Called once the sandbox is gone: the pool starts its replacement then, off the
@@ -137,19 +147,19 @@ class WarmSandbox:
                     if len(data) > limits.file_size_bytes:
                         raise ValueError(f"{name!r} is larger than the file size limit")
             except ValueError as exc:
-                return runner.early_outcome(Verdict.FAILED, f"cannot prepare program files: {exc}")
+                return early_outcome(Verdict.FAILED, f"cannot prepare program files: {exc}")
             cg = st.cg
             if cg is not None:
                 try:
                     cg.lower_limits(
                         limits.memory_bytes,
-                        limits.max_processes + runner.BWRAP_TASKS,
+                        limits.max_processes + BWRAP_TASKS,
                         limits.cpu_millicores,
                     )
                 except OSError as exc:
                     log.warning("cannot tighten a warm sandbox", extra={"error": str(exc)})
                     return None
-            rlimits = runner.rlimits_for(limits, cg, st.run_uid)
+            rlimits = rlimits_for(limits, cg, st.run_uid)
             baseline = (cg.cpu_time_ns() or 0) if cg is not None and cg.has_cpu else 0
             message = _message(argv, files, rlimits)
             st.started = time.monotonic()
@@ -162,17 +172,17 @@ class WarmSandbox:
                 log.warning("warm sandbox did not take its program", extra={"error": str(exc)})
             finally:
                 os.close(self.control_w)
-            return await runner.supervise(st, stdin, limits, on_output, cancel, baseline)
+            return await supervise(st, stdin, limits, on_output, cancel, baseline)
         finally:
             st.close()
-            await runner.release(st.cg, st.run_uid)
+            await release(st.cg, st.run_uid)
             self.on_done()
 
     async def discard(self) -> None:
         with contextlib.suppress(OSError):
             os.close(self.control_w)
         self.started.close()
-        await runner.release(self.started.cg, self.started.run_uid)
+        await release(self.started.cg, self.started.run_uid)
         with contextlib.suppress(ProcessLookupError):
             await self.started.proc.wait()
 
@@ -195,12 +205,12 @@ async def start_warm(spec: LanguageSpec) -> WarmSandbox | None:
     control_r, control_w = os.pipe()
     report_r, report_w = os.pipe()
     cg = cgroups.create_run_cgroup(
-        limits.memory_bytes, limits.max_processes + runner.BWRAP_TASKS, limits.cpu_millicores
+        limits.memory_bytes, limits.max_processes + BWRAP_TASKS, limits.cpu_millicores
     )
-    run_uid = runner.pick_run_uid()
+    run_uid = pick_run_uid()
     try:
         with staged:
-            started = await runner.start_sandbox(
+            started = await start_sandbox(
                 bwrap_path,
                 [LAUNCHER_PYTHON, "-I", "-c", _LAUNCHER, str(control_r), str(report_w)],
                 staged,
@@ -216,7 +226,7 @@ async def start_warm(spec: LanguageSpec) -> WarmSandbox | None:
     if isinstance(started, RunOutcome):
         os.close(control_w)
         os.close(report_r)
-        await runner.release(cg, run_uid)
+        await release(cg, run_uid)
         log.warning("warm sandbox failed to start", extra={"detail": started.detail})
         return None
     started.report_fds.append(report_r)
