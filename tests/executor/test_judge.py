@@ -156,6 +156,20 @@ def test_a_program_that_could_not_be_exec_d_failed_by_itself() -> None:
     assert judge(LIMITS, replace(ending, kill_reason=KillReason.WALL))[0] is Verdict.TIMEOUT
 
 
+def test_a_toolchain_that_could_not_be_exec_d_is_our_failure() -> None:
+    ending = replace(
+        EXITED_0,
+        executed=False,
+        exit_code=None,
+        returncode=1,
+        exec_error="/nonexistent/python3: No such file or directory",
+    )
+    assert judge(LIMITS, ending) == (
+        Verdict.SYSTEM_ERROR,
+        "the toolchain could not be started: /nonexistent/python3: No such file or directory",
+    )
+
+
 def test_sigxcpu_is_a_cpu_timeout() -> None:
     assert judge(LIMITS, killed_by(signal.SIGXCPU)) == (
         Verdict.TIMEOUT,

@@ -6,6 +6,8 @@ tested without starting a process.
 
 from __future__ import annotations
 
+import errno
+import os
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -79,9 +81,13 @@ class Ending:
 def judge(limits: SandboxLimits, ending: Ending) -> tuple[Verdict, str]:
     """The verdict of a run that ended as ``ending`` under ``limits``, with its detail."""
     if ending.exec_error and not ending.executed and ending.kill_reason is None:
-        # The user's request (its arguments, say) is what the program could not start
-        # with: the program's own failure, never a retry of ours.
-        return Verdict.FAILED, f"the program could not be started: {ending.exec_error}"
+        if os.strerror(errno.E2BIG) in ending.exec_error:
+            # The user's request (its arguments) is what the program could not start
+            # with: the program's own failure, never a retry of ours.
+            return Verdict.FAILED, f"the program could not be started: {ending.exec_error}"
+        # The run command is the language's, not the user's: a toolchain that cannot be
+        # executed (missing, not executable) is our failure, retried and then dead-lettered.
+        return Verdict.SYSTEM_ERROR, f"the toolchain could not be started: {ending.exec_error}"
     wall_msg = f"wall time limit of {_seconds(limits.wall_time_s)} s exceeded"
     cpu_msg = f"cpu time limit of {_seconds(limits.cpu_time_s)} s exceeded"
     mem_msg = f"memory limit of {_mib(limits.memory_bytes)} MiB exceeded"
