@@ -50,8 +50,20 @@ proto: setup
 	  --python_out=$(GEN) --mypy_out=$(GEN) --grpc_python_out=$(GEN) --mypy_grpc_out=$(GEN) \
 	  $(PROTOS) 2>&1 | grep -v '^Writing mypy' || true
 
+# `buf breaking` (FILE rules, see buf.yaml) compares protos/ with main's: the local branch, or
+# origin's in a clone that checked out another branch. Both work in a worktree and where .git is
+# a file. Without a git history holding main (an exported source tree, a single-branch clone of
+# another branch) it says so and skips.
 proto-check: setup
 	$(BIN)/buf lint
+	@base=$$([ -e .git ] && { git rev-parse -q --verify 'refs/heads/main^{commit}' \
+	  || git rev-parse -q --verify 'refs/remotes/origin/main^{commit}'; } 2>/dev/null); \
+	if [ -z "$$base" ]; then \
+	  echo "buf breaking SKIPPED: no main branch here to compare with (run git fetch origin main)"; \
+	else \
+	  echo "buf breaking against main ($$base)"; \
+	  $(BIN)/buf breaking --against ".git#ref=$$base"; \
+	fi
 	@tmp=$$(mktemp -d); \
 	PATH=$(BIN):$$PATH $(BIN)/python -m grpc_tools.protoc -I protos \
 	  --python_out=$$tmp --mypy_out=$$tmp --grpc_python_out=$$tmp --mypy_grpc_out=$$tmp \

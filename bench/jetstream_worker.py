@@ -18,6 +18,7 @@ from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, StreamConfig
 
 from sandmesh.execution.v1 import execution_pb2
+from sandmesh.queue.v1 import queue_pb2
 from sandmesh_queue import messages, streams, subjects
 
 STREAM = "BENCH_JOBS"
@@ -68,14 +69,14 @@ async def _pull_loop(js: JetStreamContext, stop: asyncio.Event) -> None:
         except nats.errors.TimeoutError:
             continue
         for msg in batch:
-            job = execution_pb2.Job.FromString(msg.data)
+            job = queue_pb2.Job.FromString(msg.data)
             deadline = messages.job_deadline(msg.headers)
             status = (
                 execution_pb2.EXECUTION_STATUS_EXPIRED
                 if deadline is not None and deadline < time.time()
                 else execution_pb2.EXECUTION_STATUS_COMPLETED
             )
-            reply = execution_pb2.JobResult(
+            reply = queue_pb2.JobResult(
                 execution_id=job.execution_id,
                 attempt=msg.metadata.num_delivered or 1,
                 result=execution_pb2.ExecutionResult(status=status),

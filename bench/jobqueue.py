@@ -28,7 +28,7 @@ from nats.js import JetStreamContext
 
 from bench import celery_app, jetstream_worker
 from bench.common import Ratio, Result, Size, Stack, cores, ratio, summarize_ms
-from sandmesh.execution.v1 import execution_pb2
+from sandmesh.queue.v1 import queue_pb2
 from sandmesh_devstack.nats import LocalNats
 from sandmesh_devstack.ports import free_port
 from sandmesh_queue import subjects
@@ -76,13 +76,13 @@ class _Submitter:
         self.waiting: dict[str, asyncio.Future[None]] = {}
 
     async def on_reply(self, msg: Msg) -> None:
-        reply = execution_pb2.JobResult.FromString(msg.data)
+        reply = queue_pb2.JobResult.FromString(msg.data)
         future = self.waiting.pop(reply.execution_id, None)
         if future is not None and not future.done():
             future.set_result(None)
 
     async def submit(self) -> asyncio.Future[None]:
-        job = execution_pb2.Job(execution_id=str(uuid.uuid4()), tenant="bench")
+        job = queue_pb2.Job(execution_id=str(uuid.uuid4()), tenant="bench")
         deadline = time.time() + JOB_TTL_S
         job.deadline.FromMilliseconds(int(deadline * 1000))
         future = asyncio.get_running_loop().create_future()

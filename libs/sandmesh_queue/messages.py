@@ -13,13 +13,14 @@ from nats.js import JetStreamContext
 from nats.js.api import PubAck
 
 from sandmesh.execution.v1 import execution_pb2
+from sandmesh.queue.v1 import queue_pb2
 from sandmesh_queue import subjects
 from sandmesh_runtime import deadlines, telemetry
 
 PUBLISH_TIMEOUT_S = 5.0
 
 
-async def publish_job(js: JetStreamContext, job: execution_pb2.Job, lane: str) -> PubAck:
+async def publish_job(js: JetStreamContext, job: queue_pb2.Job, lane: str) -> PubAck:
     """Queue a job; its execution id is the dedupe key, so a republish is dropped by the broker."""
     return await js.publish(
         subjects.job_subject(lane),
@@ -37,7 +38,7 @@ async def publish_job(js: JetStreamContext, job: execution_pb2.Job, lane: str) -
     )
 
 
-async def publish_result(js: JetStreamContext, result: execution_pb2.JobResult) -> PubAck:
+async def publish_result(js: JetStreamContext, result: queue_pb2.JobResult) -> PubAck:
     """Report the result of one attempt; (execution id, attempt) is the dedupe key."""
     return await js.publish(
         subjects.result_subject(result.execution_id),

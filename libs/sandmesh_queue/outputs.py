@@ -20,6 +20,7 @@ from nats.js.errors import BadRequestError, NotFoundError, ObjectNotFoundError
 from nats.js.object_store import ObjectStore
 
 from sandmesh.execution.v1 import execution_pb2
+from sandmesh.queue.v1 import queue_pb2
 from sandmesh_runtime import errors
 
 BUCKET = "sandmesh-outputs"
@@ -85,15 +86,13 @@ async def _bucket(js: JetStreamContext) -> ObjectStore:
     return await js.object_store(BUCKET)
 
 
-def fit_result(
-    job_result: execution_pb2.JobResult, budget: int
-) -> tuple[execution_pb2.JobResult, bool]:
+def fit_result(job_result: queue_pb2.JobResult, budget: int) -> tuple[queue_pb2.JobResult, bool]:
     """The JobResult as it goes on the wire, and whether its output must be stored first.
 
     Each stream keeps at most INLINE_BYTES inline, and less when the message would not fit
     in `budget` bytes; the sizes always say how much the run kept in all.
     """
-    wire = execution_pb2.JobResult()
+    wire = queue_pb2.JobResult()
     wire.CopyFrom(job_result)
     result, kept = wire.result, job_result.result
     result.stdout_size, result.stderr_size = len(kept.stdout), len(kept.stderr)

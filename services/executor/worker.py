@@ -18,6 +18,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from sandmesh.execution.v1 import execution_pb2
+from sandmesh.queue.v1 import queue_pb2
 from sandmesh_contracts import results
 from sandmesh_contracts.files import is_plain_file_name
 from sandmesh_queue import faults, messages, outputs, subjects
@@ -165,7 +166,7 @@ class Worker:
     async def handle(self, js: JetStreamContext, msg: Msg) -> None:
         self.busy_since = time.monotonic()
         try:
-            job = execution_pb2.Job.FromString(msg.data)
+            job = queue_pb2.Job.FromString(msg.data)
         except DecodeError as exc:
             await self._refuse_unreadable(js, msg, exc)
             return
@@ -180,7 +181,7 @@ class Worker:
         execution_id = (msg.headers or {}).get(subjects.MSG_ID_HEADER, "")
         log.error("unreadable job dropped", extra={"execution_id": execution_id, "error": str(exc)})
         if execution_id:
-            failure = execution_pb2.JobResult(
+            failure = queue_pb2.JobResult(
                 execution_id=execution_id,
                 attempt=msg.metadata.num_delivered or 1,
                 executor_id=self._executor_id,
@@ -191,7 +192,7 @@ class Worker:
         with contextlib.suppress(Exception):
             await msg.term()
 
-    async def _handle(self, js: JetStreamContext, msg: Msg, job: execution_pb2.Job) -> None:
+    async def _handle(self, js: JetStreamContext, msg: Msg, job: queue_pb2.Job) -> None:
         attempt = msg.metadata.num_delivered or 1
         token = execution_id_var.set(job.execution_id)
         try:
@@ -226,7 +227,7 @@ class Worker:
         )
 
     async def _run_and_report(
-        self, js: JetStreamContext, msg: Msg, job: execution_pb2.Job, attempt: int
+        self, js: JetStreamContext, msg: Msg, job: queue_pb2.Job, attempt: int
     ) -> bool:
         """Run the job and report it; True when its result reached JetStream."""
         try:
@@ -249,7 +250,7 @@ class Worker:
                 "wall_time_ms": result.usage.wall_time_ms,
             },
         )
-        job_result = execution_pb2.JobResult(
+        job_result = queue_pb2.JobResult(
             execution_id=job.execution_id,
             attempt=attempt,
             executor_id=self._executor_id,
@@ -300,7 +301,7 @@ class Worker:
         )
         await msg.nak(delay=delay)
 
-    async def _report(self, js: JetStreamContext, job_result: execution_pb2.JobResult) -> None:
+    async def _report(self, js: JetStreamContext, job_result: queue_pb2.JobResult) -> None:
         """Deliver one attempt's result: its output stored out of band when it does not fit
         a message, then the result published. A fault that can never pass ends the attempt
         with SYSTEM_ERROR and says why; a passing one is retried until its step's bound,
@@ -322,14 +323,14 @@ class Worker:
             await self._publish(js, wire)
         except Permanent as exc:
             log.error("result cannot be delivered", extra={"error": str(exc)})
-            failure = execution_pb2.JobResult()
+            failure = queue_pb2.JobResult()
             failure.CopyFrom(wire)
             failure.result.CopyFrom(
                 verdicts.system_error(f"the result could not be delivered: {exc}")
             )
             await self._publish(js, failure)
 
-    async def _publish(self, js: JetStreamContext, job_result: execution_pb2.JobResult) -> None:
+    async def _publish(self, js: JetStreamContext, job_result: queue_pb2.JobResult) -> None:
         await retry_until(
             lambda: messages.publish_result(js, job_result),
             until=time.monotonic() + self._report_timeout_s,
@@ -370,7 +371,7 @@ class Worker:
             log.warning("event lost", extra={"error": str(exc), "kind": event.WhichOneof("kind")})
 
     async def _execute(
-        self, js: JetStreamContext, job: execution_pb2.Job, attempt: int, msg: Msg
+        self, js: JetStreamContext, job: queue_pb2.Job, attempt: int, msg: Msg
     ) -> tuple[execution_pb2.ExecutionResult, bool]:
         """The job's result, and whether a warm sandbox ran it."""
         if self._cancels.cancelled(job.execution_id):

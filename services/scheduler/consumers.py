@@ -12,6 +12,7 @@ from google.protobuf.message import DecodeError
 from nats.aio.msg import Msg
 
 from sandmesh.execution.v1 import execution_pb2
+from sandmesh.queue.v1 import queue_pb2
 from sandmesh_contracts import statuses
 from sandmesh_queue import messages, subjects
 from sandmesh_queue.connection import Queue
@@ -69,7 +70,7 @@ def store_results(lifecycle: Lifecycle) -> Callable[[Msg], Awaitable[None]]:
     """Store every result exactly once; only the first store emits the final event."""
 
     async def handle(msg: Msg) -> None:
-        job_result = execution_pb2.JobResult.FromString(msg.data)
+        job_result = queue_pb2.JobResult.FromString(msg.data)
         tenant = await lifecycle.store.finish(
             job_result.execution_id, job_result.attempt, job_result.result
         )

@@ -13,6 +13,7 @@ import logging
 from nats.js import JetStreamContext
 
 from sandmesh.execution.v1 import execution_pb2
+from sandmesh.queue.v1 import queue_pb2
 from sandmesh_contracts import results, statuses
 from sandmesh_queue import messages, outputs, subjects
 from sandmesh_queue.connection import Queue
@@ -86,7 +87,7 @@ class Lifecycle:
         if that is `fresh` (the one being submitted) the error is raised."""
         failed: dict[str, Exception] = {}
         for execution in await self.store.claim_dispatch(tenant):
-            job = execution_pb2.Job(
+            job = queue_pb2.Job(
                 execution_id=execution.id,
                 tenant=execution.tenant,
                 request=execution.request,
@@ -114,7 +115,7 @@ class Lifecycle:
 
     def _check_size(self, new: NewExecution) -> None:
         """Refuse, before storing anything, a request whose job the server would refuse."""
-        probe = execution_pb2.Job(
+        probe = queue_pb2.Job(
             execution_id="00000000-0000-0000-0000-000000000000",
             tenant=new.tenant,
             request=new.request,
@@ -174,7 +175,7 @@ class Lifecycle:
         except Exception:
             log.warning("dead-lettered job no longer in the stream", extra={"seq": seq})
             return
-        job = execution_pb2.Job.FromString(raw.data or b"")
+        job = queue_pb2.Job.FromString(raw.data or b"")
         deliveries = int(notice.get("deliveries", 0))
         closed = await self.store.dead_letter(
             job.execution_id,

@@ -17,6 +17,7 @@ import pytest
 from nats.js import JetStreamContext
 
 from sandmesh.execution.v1 import execution_pb2
+from sandmesh.queue.v1 import queue_pb2
 from sandmesh_devstack.nats import LocalNats
 from sandmesh_queue import messages, streams, subjects
 
@@ -67,7 +68,7 @@ async def test_streams_are_replicated_and_a_job_survives_its_leader(
         assert info.config.num_replicas == 3
         assert info.cluster is not None and len(info.cluster.replicas or []) == 2
 
-    job = execution_pb2.Job(
+    job = queue_pb2.Job(
         execution_id=str(uuid.uuid4()),
         tenant="t",
         request=execution_pb2.ExecutionRequest(language="python3", source="print(1)"),
@@ -88,13 +89,13 @@ async def test_streams_are_replicated_and_a_job_survives_its_leader(
 
     assert await eventually(new_leader) != leader
 
-    async def pull() -> execution_pb2.Job:
+    async def pull() -> queue_pb2.Job:
         subscription = await js.pull_subscribe_bind(
             durable=subjects.executor_consumer("interactive"), stream=subjects.JOBS_STREAM
         )
         (msg,) = await subscription.fetch(1, timeout=2)
         await msg.ack_sync()
-        return execution_pb2.Job.FromString(msg.data)
+        return queue_pb2.Job.FromString(msg.data)
 
     pulled = await eventually(pull)
     assert pulled.execution_id == job.execution_id

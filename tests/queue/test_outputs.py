@@ -11,14 +11,15 @@ import pytest
 from google.protobuf.message import DecodeError
 
 from sandmesh.execution.v1 import execution_pb2
+from sandmesh.queue.v1 import queue_pb2
 from sandmesh_queue import faults, outputs
 from sandmesh_runtime.resilience import GaveUp, Permanent, retry_until
 
 MIB = 1024 * 1024
 
 
-def job_result(stdout: bytes, stderr: bytes = b"") -> execution_pb2.JobResult:
-    return execution_pb2.JobResult(
+def job_result(stdout: bytes, stderr: bytes = b"") -> queue_pb2.JobResult:
+    return queue_pb2.JobResult(
         execution_id="7b0f4a63-2f1c-4d7e-9a43-1d2f3e4a5b6c",
         attempt=2,
         executor_id="host-1234",

@@ -11,6 +11,7 @@ import pytest
 from nats.js.api import RetentionPolicy
 
 from sandmesh.execution.v1 import execution_pb2
+from sandmesh.queue.v1 import queue_pb2
 from sandmesh_queue import messages, streams, subjects
 from tests.helpers.servers import Servers
 
@@ -46,7 +47,7 @@ async def test_ensure_streams_twice_changes_nothing(js: nats.js.JetStreamContext
 
 async def test_republished_job_is_dropped_by_the_broker(js: nats.js.JetStreamContext) -> None:
     await streams.ensure_streams(js, streams.QueueSettings())
-    job = execution_pb2.Job(
+    job = queue_pb2.Job(
         execution_id=str(uuid.uuid4()),
         tenant="t",
         request=execution_pb2.ExecutionRequest(language="python3", source="print(1)"),

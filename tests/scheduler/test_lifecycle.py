@@ -19,6 +19,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import error_details_pb2
 
 from sandmesh.execution.v1 import execution_pb2
+from sandmesh.queue.v1 import queue_pb2
 from sandmesh.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 from sandmesh_queue import messages, subjects
 from sandmesh_runtime.errors import details_of
@@ -262,7 +263,7 @@ async def test_a_result_delivered_twice_is_stored_once_with_one_final_event(
         )
         # Two attempts report (as after a redelivery): different message ids, both stored.
         for attempt, text in ((1, b"first\n"), (2, b"second\n")):
-            result = execution_pb2.JobResult(
+            result = queue_pb2.JobResult(
                 execution_id=execution.id,
                 attempt=attempt,
                 result=execution_pb2.ExecutionResult(
@@ -300,8 +301,8 @@ async def test_a_redelivered_job_whose_result_awaits_the_scheduler_is_not_run_ag
             durable=subjects.executor_consumer(subjects.LANES[0]), stream=subjects.JOBS_STREAM
         )
         (taken,) = await first.fetch(1, timeout=5)
-        assert execution_pb2.Job.FromString(taken.data).execution_id == execution.id
-        first_run = execution_pb2.JobResult(
+        assert queue_pb2.Job.FromString(taken.data).execution_id == execution.id
+        first_run = queue_pb2.JobResult(
             execution_id=execution.id,
             attempt=1,
             result=execution_pb2.ExecutionResult(

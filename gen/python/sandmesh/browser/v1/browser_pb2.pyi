@@ -24,17 +24,25 @@ class _WaitUntil:
 class _WaitUntilEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_WaitUntil.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     WAIT_UNTIL_UNSPECIFIED: _WaitUntil.ValueType  # 0
+    """Not set: WAIT_UNTIL_SELECTOR when wait_selector is given, else WAIT_UNTIL_LOAD."""
     WAIT_UNTIL_LOAD: _WaitUntil.ValueType  # 1
+    """The page's load event fired."""
     WAIT_UNTIL_NETWORK_IDLE: _WaitUntil.ValueType  # 2
+    """The page made no network requests for a short while."""
     WAIT_UNTIL_SELECTOR: _WaitUntil.ValueType  # 3
+    """An element matching wait_selector is in the page."""
 
 class WaitUntil(_WaitUntil, metaclass=_WaitUntilEnumTypeWrapper):
     """When a page counts as ready."""
 
 WAIT_UNTIL_UNSPECIFIED: WaitUntil.ValueType  # 0
+"""Not set: WAIT_UNTIL_SELECTOR when wait_selector is given, else WAIT_UNTIL_LOAD."""
 WAIT_UNTIL_LOAD: WaitUntil.ValueType  # 1
+"""The page's load event fired."""
 WAIT_UNTIL_NETWORK_IDLE: WaitUntil.ValueType  # 2
+"""The page made no network requests for a short while."""
 WAIT_UNTIL_SELECTOR: WaitUntil.ValueType  # 3
+"""An element matching wait_selector is in the page."""
 Global___WaitUntil: _TypeAlias = WaitUntil  # noqa: Y015
 
 class _ImageFormat:
@@ -44,24 +52,35 @@ class _ImageFormat:
 class _ImageFormatEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ImageFormat.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     IMAGE_FORMAT_UNSPECIFIED: _ImageFormat.ValueType  # 0
+    """Not set; means PNG."""
     IMAGE_FORMAT_PNG: _ImageFormat.ValueType  # 1
+    """PNG, lossless."""
     IMAGE_FORMAT_JPEG: _ImageFormat.ValueType  # 2
+    """JPEG, lossy; see jpeg_quality."""
 
-class ImageFormat(_ImageFormat, metaclass=_ImageFormatEnumTypeWrapper): ...
+class ImageFormat(_ImageFormat, metaclass=_ImageFormatEnumTypeWrapper):
+    """Encoding of a screenshot."""
 
 IMAGE_FORMAT_UNSPECIFIED: ImageFormat.ValueType  # 0
+"""Not set; means PNG."""
 IMAGE_FORMAT_PNG: ImageFormat.ValueType  # 1
+"""PNG, lossless."""
 IMAGE_FORMAT_JPEG: ImageFormat.ValueType  # 2
+"""JPEG, lossy; see jpeg_quality."""
 Global___ImageFormat: _TypeAlias = ImageFormat  # noqa: Y015
 
 @_typing.final
 class Viewport(_message.Message):
+    """The size of the browser window, in CSS pixels."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     WIDTH_FIELD_NUMBER: _builtins.int
     HEIGHT_FIELD_NUMBER: _builtins.int
     width: _builtins.int
+    """Width, 1 to 4096."""
     height: _builtins.int
+    """Height, 1 to 4096."""
     def __init__(
         self,
         *,
@@ -78,6 +97,8 @@ Global___Viewport: _TypeAlias = Viewport  # noqa: Y015
 
 @_typing.final
 class Clip(_message.Message):
+    """A rectangle of the page to capture, in CSS pixels from the page's top left corner."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     X_FIELD_NUMBER: _builtins.int
@@ -85,9 +106,13 @@ class Clip(_message.Message):
     WIDTH_FIELD_NUMBER: _builtins.int
     HEIGHT_FIELD_NUMBER: _builtins.int
     x: _builtins.int
+    """Left edge."""
     y: _builtins.int
+    """Top edge."""
     width: _builtins.int
+    """Width, 1 to 4096."""
     height: _builtins.int
+    """Height, 1 to 4096."""
     def __init__(
         self,
         *,
@@ -117,12 +142,21 @@ class PageOptions(_message.Message):
     USER_AGENT_FIELD_NUMBER: _builtins.int
     TENANT_FIELD_NUMBER: _builtins.int
     url: _builtins.str
+    """Absolute URL of the page; the pool's URL policy may refuse it (PERMISSION_DENIED)."""
     wait_until: Global___WaitUntil.ValueType
+    """When the page counts as ready for the operation."""
     wait_selector: _builtins.str
+    """CSS selector to wait for; required with WAIT_UNTIL_SELECTOR."""
     user_agent: _builtins.str
+    """User-Agent header and navigator.userAgent; empty keeps the browser's own."""
     tenant: _builtins.str
+    """The tenant the job runs for, at most 128 characters. The gateway sets it to the
+    caller's tenant, whatever the caller sent.
+    """
     @_builtins.property
-    def viewport(self) -> Global___Viewport: ...
+    def viewport(self) -> Global___Viewport:
+        """Window size; unset means 1280 x 720."""
+
     def __init__(
         self,
         *,
@@ -143,6 +177,8 @@ Global___PageOptions: _TypeAlias = PageOptions  # noqa: Y015
 
 @_typing.final
 class ScreenshotRequest(_message.Message):
+    """Render a page to an image."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     PAGE_FIELD_NUMBER: _builtins.int
@@ -151,12 +187,19 @@ class ScreenshotRequest(_message.Message):
     CLIP_FIELD_NUMBER: _builtins.int
     JPEG_QUALITY_FIELD_NUMBER: _builtins.int
     format: Global___ImageFormat.ValueType
+    """The image encoding; unset means PNG."""
     full_page: _builtins.bool
+    """Capture the whole scrollable page rather than the viewport; not with `clip`."""
     jpeg_quality: _builtins.int
+    """JPEG quality, 1 to 100, for IMAGE_FORMAT_JPEG only; 0 keeps the encoder's default."""
     @_builtins.property
-    def page(self) -> Global___PageOptions: ...
+    def page(self) -> Global___PageOptions:
+        """The page to render."""
+
     @_builtins.property
-    def clip(self) -> Global___Clip: ...
+    def clip(self) -> Global___Clip:
+        """Capture only this rectangle; not with `full_page`."""
+
     def __init__(
         self,
         *,
@@ -176,12 +219,16 @@ Global___ScreenshotRequest: _TypeAlias = ScreenshotRequest  # noqa: Y015
 
 @_typing.final
 class ScreenshotResponse(_message.Message):
+    """A rendered page."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     IMAGE_FIELD_NUMBER: _builtins.int
     FORMAT_FIELD_NUMBER: _builtins.int
     image: _builtins.bytes
+    """The encoded image."""
     format: Global___ImageFormat.ValueType
+    """The image's encoding: PNG or JPEG, never unspecified."""
     def __init__(
         self,
         *,
@@ -198,15 +245,21 @@ Global___ScreenshotResponse: _TypeAlias = ScreenshotResponse  # noqa: Y015
 
 @_typing.final
 class PdfRequest(_message.Message):
+    """Print a page to PDF."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     PAGE_FIELD_NUMBER: _builtins.int
     LANDSCAPE_FIELD_NUMBER: _builtins.int
     PRINT_BACKGROUND_FIELD_NUMBER: _builtins.int
     landscape: _builtins.bool
+    """Landscape rather than portrait paper."""
     print_background: _builtins.bool
+    """Print background colours and images."""
     @_builtins.property
-    def page(self) -> Global___PageOptions: ...
+    def page(self) -> Global___PageOptions:
+        """The page to print."""
+
     def __init__(
         self,
         *,
@@ -224,10 +277,13 @@ Global___PdfRequest: _TypeAlias = PdfRequest  # noqa: Y015
 
 @_typing.final
 class PdfResponse(_message.Message):
+    """A printed page."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     PDF_FIELD_NUMBER: _builtins.int
     pdf: _builtins.bytes
+    """The PDF document."""
     def __init__(
         self,
         *,
@@ -243,11 +299,15 @@ Global___PdfResponse: _TypeAlias = PdfResponse  # noqa: Y015
 
 @_typing.final
 class GetContentRequest(_message.Message):
+    """Read a page's content."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     PAGE_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def page(self) -> Global___PageOptions: ...
+    def page(self) -> Global___PageOptions:
+        """The page to read."""
+
     def __init__(
         self,
         *,
@@ -263,14 +323,19 @@ Global___GetContentRequest: _TypeAlias = GetContentRequest  # noqa: Y015
 
 @_typing.final
 class GetContentResponse(_message.Message):
+    """A page's content once ready."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     HTML_FIELD_NUMBER: _builtins.int
     TEXT_FIELD_NUMBER: _builtins.int
     FINAL_URL_FIELD_NUMBER: _builtins.int
     html: _builtins.str
+    """The page's serialized HTML, scripts' changes included."""
     text: _builtins.str
+    """The visible text of the page's body (its innerText)."""
     final_url: _builtins.str
+    """The URL the page ended on, after redirects."""
     def __init__(
         self,
         *,
@@ -288,6 +353,8 @@ Global___GetContentResponse: _TypeAlias = GetContentResponse  # noqa: Y015
 
 @_typing.final
 class EvaluateRequest(_message.Message):
+    """Call a JavaScript function in a page."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     PAGE_FIELD_NUMBER: _builtins.int
@@ -298,7 +365,9 @@ class EvaluateRequest(_message.Message):
     args_json: _builtins.str
     """JSON-encoded array of arguments."""
     @_builtins.property
-    def page(self) -> Global___PageOptions: ...
+    def page(self) -> Global___PageOptions:
+        """The page to run it in."""
+
     def __init__(
         self,
         *,
@@ -316,6 +385,8 @@ Global___EvaluateRequest: _TypeAlias = EvaluateRequest  # noqa: Y015
 
 @_typing.final
 class EvaluateResponse(_message.Message):
+    """What the function returned."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     RESULT_JSON_FIELD_NUMBER: _builtins.int
@@ -336,6 +407,8 @@ Global___EvaluateResponse: _TypeAlias = EvaluateResponse  # noqa: Y015
 
 @_typing.final
 class GetPoolStatsRequest(_message.Message):
+    """Asks for the pool's counters."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     def __init__(
@@ -351,6 +424,8 @@ Global___GetPoolStatsRequest: _TypeAlias = GetPoolStatsRequest  # noqa: Y015
 
 @_typing.final
 class GetPoolStatsResponse(_message.Message):
+    """The pool's occupancy and health counters since it started."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     BROWSERS_FIELD_NUMBER: _builtins.int
@@ -360,11 +435,17 @@ class GetPoolStatsResponse(_message.Message):
     CRASHES_FIELD_NUMBER: _builtins.int
     MEMORY_BYTES_FIELD_NUMBER: _builtins.int
     browsers: _builtins.int
+    """Browser processes alive now."""
     pages_in_use: _builtins.int
+    """Jobs holding a page now, across all browsers."""
     queue_length: _builtins.int
+    """Jobs waiting for a free page."""
     recycles: _builtins.int
+    """Browsers retired on purpose (after many jobs, over memory, idle) and replaced."""
     crashes: _builtins.int
+    """Browsers that crashed or hung and were replaced."""
     memory_bytes: _builtins.int
+    """Memory the pool uses now, browsers included, in bytes."""
     def __init__(
         self,
         *,

@@ -27,35 +27,69 @@ class _ExecutionStatus:
 class _ExecutionStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ExecutionStatus.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     EXECUTION_STATUS_UNSPECIFIED: _ExecutionStatus.ValueType  # 0
+    """Not set; never the status of a stored execution."""
     EXECUTION_STATUS_QUEUED: _ExecutionStatus.ValueType  # 1
+    """Waiting in its lane for an executor."""
     EXECUTION_STATUS_RUNNING: _ExecutionStatus.ValueType  # 2
+    """An executor is running it."""
     EXECUTION_STATUS_COMPLETED: _ExecutionStatus.ValueType  # 3
+    """The program ran and exited with code 0."""
     EXECUTION_STATUS_FAILED: _ExecutionStatus.ValueType  # 4
+    """The program ran and failed: a non-zero exit code, a signal, or a file over its size limit."""
     EXECUTION_STATUS_TIMEOUT: _ExecutionStatus.ValueType  # 5
+    """The program passed its wall-clock or CPU time limit and was killed."""
     EXECUTION_STATUS_MEMORY_LIMIT: _ExecutionStatus.ValueType  # 6
+    """The program passed its memory limit and was killed."""
     EXECUTION_STATUS_OUTPUT_LIMIT: _ExecutionStatus.ValueType  # 7
+    """The program wrote more than its output limit and was killed."""
     EXECUTION_STATUS_COMPILATION_ERROR: _ExecutionStatus.ValueType  # 8
+    """The program did not compile; the compiler's output is in the result."""
     EXECUTION_STATUS_CANCELLED: _ExecutionStatus.ValueType  # 9
+    """Cancelled by the caller, before or while it ran."""
     EXECUTION_STATUS_EXPIRED: _ExecutionStatus.ValueType  # 10
+    """Its deadline passed while it was still queued; it never ran."""
     EXECUTION_STATUS_REJECTED: _ExecutionStatus.ValueType  # 11
+    """The executor refused the request (unknown language, limits out of bounds, unsafe or
+    oversized files); `detail` says why.
+    """
     EXECUTION_STATUS_SYSTEM_ERROR: _ExecutionStatus.ValueType  # 12
+    """Sandmesh itself failed to run it (the sandbox could not start, no result came by its
+    deadline, or every delivery of its job was lost).
+    """
 
 class ExecutionStatus(_ExecutionStatus, metaclass=_ExecutionStatusEnumTypeWrapper):
     """Lifecycle of one execution. QUEUED and RUNNING are the only non-final states."""
 
 EXECUTION_STATUS_UNSPECIFIED: ExecutionStatus.ValueType  # 0
+"""Not set; never the status of a stored execution."""
 EXECUTION_STATUS_QUEUED: ExecutionStatus.ValueType  # 1
+"""Waiting in its lane for an executor."""
 EXECUTION_STATUS_RUNNING: ExecutionStatus.ValueType  # 2
+"""An executor is running it."""
 EXECUTION_STATUS_COMPLETED: ExecutionStatus.ValueType  # 3
+"""The program ran and exited with code 0."""
 EXECUTION_STATUS_FAILED: ExecutionStatus.ValueType  # 4
+"""The program ran and failed: a non-zero exit code, a signal, or a file over its size limit."""
 EXECUTION_STATUS_TIMEOUT: ExecutionStatus.ValueType  # 5
+"""The program passed its wall-clock or CPU time limit and was killed."""
 EXECUTION_STATUS_MEMORY_LIMIT: ExecutionStatus.ValueType  # 6
+"""The program passed its memory limit and was killed."""
 EXECUTION_STATUS_OUTPUT_LIMIT: ExecutionStatus.ValueType  # 7
+"""The program wrote more than its output limit and was killed."""
 EXECUTION_STATUS_COMPILATION_ERROR: ExecutionStatus.ValueType  # 8
+"""The program did not compile; the compiler's output is in the result."""
 EXECUTION_STATUS_CANCELLED: ExecutionStatus.ValueType  # 9
+"""Cancelled by the caller, before or while it ran."""
 EXECUTION_STATUS_EXPIRED: ExecutionStatus.ValueType  # 10
+"""Its deadline passed while it was still queued; it never ran."""
 EXECUTION_STATUS_REJECTED: ExecutionStatus.ValueType  # 11
+"""The executor refused the request (unknown language, limits out of bounds, unsafe or
+oversized files); `detail` says why.
+"""
 EXECUTION_STATUS_SYSTEM_ERROR: ExecutionStatus.ValueType  # 12
+"""Sandmesh itself failed to run it (the sandbox could not start, no result came by its
+deadline, or every delivery of its job was lost).
+"""
 Global___ExecutionStatus: _TypeAlias = ExecutionStatus  # noqa: Y015
 
 class _Priority:
@@ -65,15 +99,21 @@ class _Priority:
 class _PriorityEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Priority.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     PRIORITY_UNSPECIFIED: _Priority.ValueType  # 0
+    """Not set; served as PRIORITY_INTERACTIVE."""
     PRIORITY_INTERACTIVE: _Priority.ValueType  # 1
+    """The lane for a person waiting on the answer; served first."""
     PRIORITY_BATCH: _Priority.ValueType  # 2
+    """The lane for bulk work."""
 
 class Priority(_Priority, metaclass=_PriorityEnumTypeWrapper):
     """Queue lane; higher lanes are served first, lower ones are never starved."""
 
 PRIORITY_UNSPECIFIED: Priority.ValueType  # 0
+"""Not set; served as PRIORITY_INTERACTIVE."""
 PRIORITY_INTERACTIVE: Priority.ValueType  # 1
+"""The lane for a person waiting on the answer; served first."""
 PRIORITY_BATCH: Priority.ValueType  # 2
+"""The lane for bulk work."""
 Global___Priority: _TypeAlias = Priority  # noqa: Y015
 
 class _ErrorCode:
@@ -83,6 +123,7 @@ class _ErrorCode:
 class _ErrorCodeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorCode.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     ERROR_CODE_UNSPECIFIED: _ErrorCode.ValueType  # 0
+    """No error: the run succeeded, or its status says enough (such as CANCELLED)."""
     ERROR_CODE_COMPILE: _ErrorCode.ValueType  # 1
     """E001: the program did not compile (or its compile step broke a limit)."""
     ERROR_CODE_RUNTIME: _ErrorCode.ValueType  # 2
@@ -100,6 +141,7 @@ class ErrorCode(_ErrorCode, metaclass=_ErrorCodeEnumTypeWrapper):
     """The kind of a failed verdict. Each has a stable string form in `error_code`."""
 
 ERROR_CODE_UNSPECIFIED: ErrorCode.ValueType  # 0
+"""No error: the run succeeded, or its status says enough (such as CANCELLED)."""
 ERROR_CODE_COMPILE: ErrorCode.ValueType  # 1
 """E001: the program did not compile (or its compile step broke a limit)."""
 ERROR_CODE_RUNTIME: ErrorCode.ValueType  # 2
@@ -121,20 +163,28 @@ class _OutputStream:
 class _OutputStreamEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_OutputStream.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     OUTPUT_STREAM_UNSPECIFIED: _OutputStream.ValueType  # 0
+    """Not set; refused where a stream must be named."""
     OUTPUT_STREAM_STDOUT: _OutputStream.ValueType  # 1
+    """Standard output."""
     OUTPUT_STREAM_STDERR: _OutputStream.ValueType  # 2
+    """Standard error."""
 
 class OutputStream(_OutputStream, metaclass=_OutputStreamEnumTypeWrapper):
     """Which stream an output chunk came from."""
 
 OUTPUT_STREAM_UNSPECIFIED: OutputStream.ValueType  # 0
+"""Not set; refused where a stream must be named."""
 OUTPUT_STREAM_STDOUT: OutputStream.ValueType  # 1
+"""Standard output."""
 OUTPUT_STREAM_STDERR: OutputStream.ValueType  # 2
+"""Standard error."""
 Global___OutputStream: _TypeAlias = OutputStream  # noqa: Y015
 
 @_typing.final
 class Limits(_message.Message):
-    """Resource limits of one run. Zero means "the language's default"."""
+    """Resource limits of one run. Zero means "the language's default"; a non-zero value outside
+    the language's min_limits/max_limits is refused, never clamped.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -147,12 +197,19 @@ class Limits(_message.Message):
     TMP_MB_FIELD_NUMBER: _builtins.int
     CPU_MILLICORES_FIELD_NUMBER: _builtins.int
     cpu_time_ms: _builtins.int
+    """CPU time of the whole run, in milliseconds."""
     wall_time_ms: _builtins.int
+    """Wall-clock time of the run, in milliseconds."""
     memory_mb: _builtins.int
+    """Memory of the run, in MiB."""
     max_processes: _builtins.int
+    """Processes and threads the program may have at once."""
     output_bytes: _builtins.int
+    """Bytes kept of standard output, and of standard error, each; writing more stops the run."""
     file_size_bytes: _builtins.int
+    """Largest file the program may write, in bytes."""
     tmp_mb: _builtins.int
+    """Size of each private scratch file system (the work directory, /tmp, /dev/shm), in MiB."""
     cpu_millicores: _builtins.int
     """CPU share in thousandths of a core (cgroup cpu.max): 1000 lets the run's threads
     together use one core's worth of time per scheduling period.
@@ -186,7 +243,9 @@ class File(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     CONTENT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
+    """A plain file name (no directories, not "." or ".."), created in the work directory."""
     content: _builtins.bytes
+    """The file's bytes."""
     def __init__(
         self,
         *,
@@ -215,15 +274,25 @@ class ExecutionRequest(_message.Message):
     LIMITS_FIELD_NUMBER: _builtins.int
     PRIORITY_FIELD_NUMBER: _builtins.int
     language: _builtins.str
+    """Id of a language from ListLanguages, e.g. "python3"."""
     source: _builtins.str
+    """The program's source, saved under the language's file_name."""
     stdin: _builtins.bytes
+    """Bytes given to the program on standard input."""
     priority: Global___Priority.ValueType
+    """The lane to queue in; unset means PRIORITY_INTERACTIVE."""
     @_builtins.property
-    def args(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def args(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Command-line arguments passed to the program."""
+
     @_builtins.property
-    def files(self) -> _containers.RepeatedCompositeFieldContainer[Global___File]: ...
+    def files(self) -> _containers.RepeatedCompositeFieldContainer[Global___File]:
+        """Extra files placed in the work directory next to the source."""
+
     @_builtins.property
-    def limits(self) -> Global___Limits: ...
+    def limits(self) -> Global___Limits:
+        """Limits of the run; unset fields take the language's defaults."""
+
     def __init__(
         self,
         *,
@@ -254,9 +323,13 @@ class ResourceUsage(_message.Message):
     PEAK_MEMORY_BYTES_FIELD_NUMBER: _builtins.int
     BYTES_WRITTEN_FIELD_NUMBER: _builtins.int
     wall_time_ms: _builtins.int
+    """Wall-clock time of the run, in milliseconds."""
     cpu_time_ms: _builtins.int
+    """CPU time of the run, in milliseconds."""
     peak_memory_bytes: _builtins.int
+    """Highest memory use seen during the run, in bytes."""
     bytes_written: _builtins.int
+    """Bytes of standard output and standard error kept, together."""
     def __init__(
         self,
         *,
@@ -299,12 +372,15 @@ class ExecutionResult(_message.Message):
     OUTPUT_REF_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
     status: Global___ExecutionStatus.ValueType
+    """The final status."""
     stdout: _builtins.bytes
     """The first bytes of standard output (all of it when it is at most the inline cap)."""
     stderr: _builtins.bytes
+    """The first bytes of standard error (all of it when it is at most the inline cap)."""
     stdout_truncated: _builtins.bool
     """The program wrote more than limits.output_bytes: the rest was dropped and the run stopped."""
     stderr_truncated: _builtins.bool
+    """The same as `stdout_truncated`, for standard error."""
     exit_code: _builtins.int
     """Set when the program exited; unset when it was killed by a signal."""
     signal: _builtins.str
@@ -320,6 +396,7 @@ class ExecutionResult(_message.Message):
     len(stdout) when the rest is stored out of band.
     """
     stderr_size: _builtins.int
+    """Bytes of standard error kept in all, as `stdout_size` is for standard output."""
     output_ref: _builtins.str
     """Where the whole output is stored when it does not all ride inline; empty otherwise.
     Read it with the gateway's ReadOutput, which finds it from the execution id.
@@ -327,7 +404,9 @@ class ExecutionResult(_message.Message):
     error: Global___ErrorCode.ValueType
     """What kind of failure the verdict is, for a client to match on; unset on success."""
     @_builtins.property
-    def usage(self) -> Global___ResourceUsage: ...
+    def usage(self) -> Global___ResourceUsage:
+        """Resources the run consumed; zero when it never ran."""
+
     def __init__(
         self,
         *,
@@ -375,24 +454,43 @@ class Execution(_message.Message):
     QUEUE_POSITION_FIELD_NUMBER: _builtins.int
     ESTIMATED_WAIT_MS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
+    """The execution's id (a UUID), assigned at submission."""
     tenant: _builtins.str
+    """The tenant that submitted it."""
     status: Global___ExecutionStatus.ValueType
+    """Its current status."""
     attempt: _builtins.int
+    """Which delivery of the job ran it (1 for the first, more after retries); 0 until one starts."""
     queue_position: _builtins.int
     """Jobs ahead of this one in its lane, while QUEUED."""
     estimated_wait_ms: _builtins.int
+    """Expected wait before it starts, in milliseconds, from the recent finish rate, while
+    QUEUED; 0 when nothing finished lately to estimate from.
+    """
     @_builtins.property
-    def request(self) -> Global___ExecutionRequest: ...
+    def request(self) -> Global___ExecutionRequest:
+        """What was asked to run, as submitted."""
+
     @_builtins.property
-    def result(self) -> Global___ExecutionResult: ...
+    def result(self) -> Global___ExecutionResult:
+        """The outcome; set once the status is final."""
+
     @_builtins.property
-    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    def created_at(self) -> _timestamp_pb2.Timestamp:
+        """When it was submitted."""
+
     @_builtins.property
-    def started_at(self) -> _timestamp_pb2.Timestamp: ...
+    def started_at(self) -> _timestamp_pb2.Timestamp:
+        """When an executor first started it; unset until then."""
+
     @_builtins.property
-    def finished_at(self) -> _timestamp_pb2.Timestamp: ...
+    def finished_at(self) -> _timestamp_pb2.Timestamp:
+        """When it reached a final status; unset until then."""
+
     @_builtins.property
-    def deadline(self) -> _timestamp_pb2.Timestamp: ...
+    def deadline(self) -> _timestamp_pb2.Timestamp:
+        """The run must be over by then; a job still queued at that time expires."""
+
     def __init__(
         self,
         *,
@@ -430,16 +528,27 @@ class ExecutionEvent(_message.Message):
     OUTPUT_FIELD_NUMBER: _builtins.int
     RESULT_FIELD_NUMBER: _builtins.int
     execution_id: _builtins.str
+    """The execution this event belongs to."""
     sequence: _builtins.int
-    """Position of the event in the execution's event log; resume after it."""
+    """Position of the event in the event log: it grows with each event of the execution, with
+    gaps. Resume after it with WatchExecution's after_sequence.
+    """
     @_builtins.property
-    def time(self) -> _timestamp_pb2.Timestamp: ...
+    def time(self) -> _timestamp_pb2.Timestamp:
+        """When the event was published."""
+
     @_builtins.property
-    def status(self) -> Global___StatusChange: ...
+    def status(self) -> Global___StatusChange:
+        """The execution moved to a non-final status."""
+
     @_builtins.property
-    def output(self) -> Global___OutputChunk: ...
+    def output(self) -> Global___OutputChunk:
+        """The program wrote output."""
+
     @_builtins.property
-    def result(self) -> Global___ExecutionResult: ...
+    def result(self) -> Global___ExecutionResult:
+        """The execution finished: the last event of its log."""
+
     def __init__(
         self,
         *,
@@ -472,8 +581,11 @@ class StatusChange(_message.Message):
     EXECUTOR_ID_FIELD_NUMBER: _builtins.int
     DETAIL_FIELD_NUMBER: _builtins.int
     status: Global___ExecutionStatus.ValueType
+    """The new status: QUEUED or RUNNING."""
     queue_position: _builtins.int
+    """Not filled in by the mesh today (always 0); GetExecution gives the current position."""
     attempt: _builtins.int
+    """The attempt that started, or that failed and goes back to the queue; 0 on first queueing."""
     executor_id: _builtins.str
     """The executor that reported RUNNING."""
     detail: _builtins.str
@@ -505,7 +617,9 @@ class OutputChunk(_message.Message):
     DATA_FIELD_NUMBER: _builtins.int
     OFFSET_FIELD_NUMBER: _builtins.int
     stream: Global___OutputStream.ValueType
+    """The stream the bytes were written to."""
     data: _builtins.bytes
+    """The bytes, at most 128 KiB."""
     offset: _builtins.int
     """Position of `data` in its stream: a client that sees a gap knows a chunk was lost and
     reads the missing bytes with ReadOutput once the execution is final.
@@ -526,69 +640,6 @@ class OutputChunk(_message.Message):
 Global___OutputChunk: _TypeAlias = OutputChunk  # noqa: Y015
 
 @_typing.final
-class Job(_message.Message):
-    """The work-queue payload an executor pulls from JetStream."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    EXECUTION_ID_FIELD_NUMBER: _builtins.int
-    TENANT_FIELD_NUMBER: _builtins.int
-    REQUEST_FIELD_NUMBER: _builtins.int
-    DEADLINE_FIELD_NUMBER: _builtins.int
-    execution_id: _builtins.str
-    tenant: _builtins.str
-    @_builtins.property
-    def request(self) -> Global___ExecutionRequest: ...
-    @_builtins.property
-    def deadline(self) -> _timestamp_pb2.Timestamp: ...
-    def __init__(
-        self,
-        *,
-        execution_id: _builtins.str = ...,
-        tenant: _builtins.str = ...,
-        request: Global___ExecutionRequest | None = ...,
-        deadline: _timestamp_pb2.Timestamp | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "request", b"request"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "execution_id", b"execution_id", "request", b"request", "tenant", b"tenant"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___Job: _TypeAlias = Job  # noqa: Y015
-
-@_typing.final
-class JobResult(_message.Message):
-    """The result an executor publishes for one attempt of a job."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    EXECUTION_ID_FIELD_NUMBER: _builtins.int
-    ATTEMPT_FIELD_NUMBER: _builtins.int
-    EXECUTOR_ID_FIELD_NUMBER: _builtins.int
-    RESULT_FIELD_NUMBER: _builtins.int
-    execution_id: _builtins.str
-    attempt: _builtins.int
-    executor_id: _builtins.str
-    @_builtins.property
-    def result(self) -> Global___ExecutionResult: ...
-    def __init__(
-        self,
-        *,
-        execution_id: _builtins.str = ...,
-        attempt: _builtins.int = ...,
-        executor_id: _builtins.str = ...,
-        result: Global___ExecutionResult | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "execution_id", b"execution_id", "executor_id", b"executor_id", "result", b"result"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___JobResult: _TypeAlias = JobResult  # noqa: Y015
-
-@_typing.final
 class Language(_message.Message):
     """A language the executors can run, described by data."""
 
@@ -604,15 +655,25 @@ class Language(_message.Message):
     TEMPLATE_FIELD_NUMBER: _builtins.int
     MIN_LIMITS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
+    """Stable id used in requests, e.g. "python3"."""
     name: _builtins.str
+    """Display name, e.g. "Python 3"."""
     version: _builtins.str
+    """The toolchain's own version string as detected on the executor; empty when not installed."""
     file_name: _builtins.str
+    """The name the source is saved under in the work directory, e.g. "main.py"."""
     compiled: _builtins.bool
+    """Whether the program is compiled in a step of its own before it runs."""
     template: _builtins.str
+    """A small starter program, e.g. "Hello, world!"."""
     @_builtins.property
-    def default_limits(self) -> Global___Limits: ...
+    def default_limits(self) -> Global___Limits:
+        """Limits applied where a request leaves a field zero."""
+
     @_builtins.property
-    def max_limits(self) -> Global___Limits: ...
+    def max_limits(self) -> Global___Limits:
+        """The highest value each limit accepts."""
+
     @_builtins.property
     def min_limits(self) -> Global___Limits:
         """The lowest value each limit accepts (zero still means "the default")."""

@@ -21,6 +21,8 @@ DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
 class ListLanguagesRequest(_message.Message):
+    """Asks for every language of this executor."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     def __init__(
@@ -36,11 +38,15 @@ Global___ListLanguagesRequest: _TypeAlias = ListLanguagesRequest  # noqa: Y015
 
 @_typing.final
 class ListLanguagesResponse(_message.Message):
+    """The languages of this executor."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     LANGUAGES_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def languages(self) -> _containers.RepeatedCompositeFieldContainer[_execution_pb2.Language]: ...
+    def languages(self) -> _containers.RepeatedCompositeFieldContainer[_execution_pb2.Language]:
+        """Every language in the executor's registry, with its detected version."""
+
     def __init__(
         self,
         *,
@@ -56,10 +62,13 @@ Global___ListLanguagesResponse: _TypeAlias = ListLanguagesResponse  # noqa: Y015
 
 @_typing.final
 class GetLanguageRequest(_message.Message):
+    """Asks for one language."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     LANGUAGE_ID_FIELD_NUMBER: _builtins.int
     language_id: _builtins.str
+    """The language's id, e.g. "python3"."""
     def __init__(
         self,
         *,
@@ -75,11 +84,15 @@ Global___GetLanguageRequest: _TypeAlias = GetLanguageRequest  # noqa: Y015
 
 @_typing.final
 class GetLanguageResponse(_message.Message):
+    """One language of this executor."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     LANGUAGE_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def language(self) -> _execution_pb2.Language: ...
+    def language(self) -> _execution_pb2.Language:
+        """The language, with its detected version."""
+
     def __init__(
         self,
         *,
@@ -95,6 +108,8 @@ Global___GetLanguageResponse: _TypeAlias = GetLanguageResponse  # noqa: Y015
 
 @_typing.final
 class GetSandboxStatusRequest(_message.Message):
+    """Asks for the executor's sandbox status."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     def __init__(
@@ -110,14 +125,21 @@ Global___GetSandboxStatusRequest: _TypeAlias = GetSandboxStatusRequest  # noqa: 
 
 @_typing.final
 class SandboxLayer(_message.Message):
+    """One isolation layer of the sandbox as the executor's self-test found it, or the warm pool."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
     ACTIVE_FIELD_NUMBER: _builtins.int
     DETAIL_FIELD_NUMBER: _builtins.int
     name: _builtins.str
+    """The layer's name, e.g. "seccomp_enforced" or "read_only_root"; "warm_pool" for the pool
+    of pre-started sandboxes.
+    """
     active: _builtins.bool
+    """Whether the layer is in force (for "warm_pool": whether a warm sandbox is idle)."""
     detail: _builtins.str
+    """Where the layer was checked (on the host or inside the sandbox); the warm pool's counts."""
     def __init__(
         self,
         *,
@@ -135,6 +157,8 @@ Global___SandboxLayer: _TypeAlias = SandboxLayer  # noqa: Y015
 
 @_typing.final
 class GetSandboxStatusResponse(_message.Message):
+    """The executor's sandbox layers and load."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     EXECUTOR_ID_FIELD_NUMBER: _builtins.int
@@ -142,10 +166,15 @@ class GetSandboxStatusResponse(_message.Message):
     CAPACITY_FIELD_NUMBER: _builtins.int
     RUNNING_FIELD_NUMBER: _builtins.int
     executor_id: _builtins.str
+    """The executor's id, as in its heartbeats."""
     capacity: _builtins.int
+    """Jobs the executor runs at once."""
     running: _builtins.int
+    """Jobs running now."""
     @_builtins.property
-    def layers(self) -> _containers.RepeatedCompositeFieldContainer[Global___SandboxLayer]: ...
+    def layers(self) -> _containers.RepeatedCompositeFieldContainer[Global___SandboxLayer]:
+        """Every sandbox layer with whether it is active."""
+
     def __init__(
         self,
         *,
@@ -172,8 +201,11 @@ class ExecutorHeartbeat(_message.Message):
     CAPACITY_FIELD_NUMBER: _builtins.int
     RUNNING_FIELD_NUMBER: _builtins.int
     executor_id: _builtins.str
+    """The executor's id, unique in the mesh."""
     capacity: _builtins.int
+    """Jobs the executor runs at once."""
     running: _builtins.int
+    """Jobs running now."""
     def __init__(
         self,
         *,

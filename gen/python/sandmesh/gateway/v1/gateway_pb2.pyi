@@ -24,14 +24,20 @@ DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
 class SubmitExecutionRequest(_message.Message):
+    """An execution to queue."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     REQUEST_FIELD_NUMBER: _builtins.int
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     idempotency_key: _builtins.str
-    """Optional; resubmitting with the same key returns the same execution."""
+    """Optional, at most 200 characters; resubmitting with the same key within 24 hours
+    returns the same execution.
+    """
     @_builtins.property
-    def request(self) -> _execution_pb2.ExecutionRequest: ...
+    def request(self) -> _execution_pb2.ExecutionRequest:
+        """What to run."""
+
     def __init__(
         self,
         *,
@@ -48,11 +54,15 @@ Global___SubmitExecutionRequest: _TypeAlias = SubmitExecutionRequest  # noqa: Y0
 
 @_typing.final
 class SubmitExecutionResponse(_message.Message):
+    """The queued execution."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     EXECUTION_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def execution(self) -> _execution_pb2.Execution: ...
+    def execution(self) -> _execution_pb2.Execution:
+        """The execution, QUEUED with its queue position unless the key matched an earlier one."""
+
     def __init__(
         self,
         *,
@@ -68,13 +78,18 @@ Global___SubmitExecutionResponse: _TypeAlias = SubmitExecutionResponse  # noqa: 
 
 @_typing.final
 class RunExecutionRequest(_message.Message):
+    """An execution to run while the caller waits."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     REQUEST_FIELD_NUMBER: _builtins.int
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     idempotency_key: _builtins.str
+    """Optional, as in SubmitExecutionRequest."""
     @_builtins.property
-    def request(self) -> _execution_pb2.ExecutionRequest: ...
+    def request(self) -> _execution_pb2.ExecutionRequest:
+        """What to run."""
+
     def __init__(
         self,
         *,
@@ -91,11 +106,15 @@ Global___RunExecutionRequest: _TypeAlias = RunExecutionRequest  # noqa: Y015
 
 @_typing.final
 class RunExecutionResponse(_message.Message):
+    """The finished execution."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     EXECUTION_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def execution(self) -> _execution_pb2.Execution: ...
+    def execution(self) -> _execution_pb2.Execution:
+        """The execution, with its result."""
+
     def __init__(
         self,
         *,
@@ -111,10 +130,13 @@ Global___RunExecutionResponse: _TypeAlias = RunExecutionResponse  # noqa: Y015
 
 @_typing.final
 class GetExecutionRequest(_message.Message):
+    """Asks for one execution."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     EXECUTION_ID_FIELD_NUMBER: _builtins.int
     execution_id: _builtins.str
+    """The execution's id."""
     def __init__(
         self,
         *,
@@ -130,11 +152,15 @@ Global___GetExecutionRequest: _TypeAlias = GetExecutionRequest  # noqa: Y015
 
 @_typing.final
 class GetExecutionResponse(_message.Message):
+    """One execution."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     EXECUTION_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def execution(self) -> _execution_pb2.Execution: ...
+    def execution(self) -> _execution_pb2.Execution:
+        """The execution, with its queue position and estimated wait while QUEUED."""
+
     def __init__(
         self,
         *,
@@ -150,11 +176,14 @@ Global___GetExecutionResponse: _TypeAlias = GetExecutionResponse  # noqa: Y015
 
 @_typing.final
 class WatchExecutionRequest(_message.Message):
+    """Asks to follow an execution's events."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     EXECUTION_ID_FIELD_NUMBER: _builtins.int
     AFTER_SEQUENCE_FIELD_NUMBER: _builtins.int
     execution_id: _builtins.str
+    """The execution's id."""
     after_sequence: _builtins.int
     """Resume after this event sequence number; 0 starts from the beginning."""
     def __init__(
@@ -173,11 +202,15 @@ Global___WatchExecutionRequest: _TypeAlias = WatchExecutionRequest  # noqa: Y015
 
 @_typing.final
 class WatchExecutionResponse(_message.Message):
+    """One event of the watched execution."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     EVENT_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def event(self) -> _execution_pb2.ExecutionEvent: ...
+    def event(self) -> _execution_pb2.ExecutionEvent:
+        """The event."""
+
     def __init__(
         self,
         *,
@@ -193,6 +226,8 @@ Global___WatchExecutionResponse: _TypeAlias = WatchExecutionResponse  # noqa: Y0
 
 @_typing.final
 class ReadOutputRequest(_message.Message):
+    """Asks for part of a finished execution's output."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     EXECUTION_ID_FIELD_NUMBER: _builtins.int
@@ -200,6 +235,7 @@ class ReadOutputRequest(_message.Message):
     OFFSET_FIELD_NUMBER: _builtins.int
     LIMIT_FIELD_NUMBER: _builtins.int
     execution_id: _builtins.str
+    """The execution's id."""
     stream: _execution_pb2.OutputStream.ValueType
     """STDOUT or STDERR."""
     offset: _builtins.int
@@ -224,6 +260,8 @@ Global___ReadOutputRequest: _TypeAlias = ReadOutputRequest  # noqa: Y015
 
 @_typing.final
 class ReadOutputResponse(_message.Message):
+    """One chunk of output."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     OFFSET_FIELD_NUMBER: _builtins.int
@@ -231,6 +269,7 @@ class ReadOutputResponse(_message.Message):
     offset: _builtins.int
     """Position of `data` in the stream."""
     data: _builtins.bytes
+    """The bytes, at most 128 KiB."""
     def __init__(
         self,
         *,
@@ -247,10 +286,13 @@ Global___ReadOutputResponse: _TypeAlias = ReadOutputResponse  # noqa: Y015
 
 @_typing.final
 class CancelExecutionRequest(_message.Message):
+    """Asks to cancel one execution."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     EXECUTION_ID_FIELD_NUMBER: _builtins.int
     execution_id: _builtins.str
+    """The execution's id."""
     def __init__(
         self,
         *,
@@ -266,11 +308,15 @@ Global___CancelExecutionRequest: _TypeAlias = CancelExecutionRequest  # noqa: Y0
 
 @_typing.final
 class CancelExecutionResponse(_message.Message):
+    """The execution after the cancel."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     EXECUTION_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def execution(self) -> _execution_pb2.Execution: ...
+    def execution(self) -> _execution_pb2.Execution:
+        """The execution: CANCELLED, or the final status it had already reached."""
+
     def __init__(
         self,
         *,
@@ -286,11 +332,15 @@ Global___CancelExecutionResponse: _TypeAlias = CancelExecutionResponse  # noqa: 
 
 @_typing.final
 class SubmitBatchRequest(_message.Message):
+    """Executions to queue together."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ITEMS_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___SubmitExecutionRequest]: ...
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___SubmitExecutionRequest]:
+        """1 to 100 executions, each validated and queued on its own."""
+
     def __init__(
         self,
         *,
@@ -316,8 +366,11 @@ class BatchItemResult(_message.Message):
     error_code: _builtins.int
     """A google.rpc.Status code; 0 when the item was accepted."""
     error_message: _builtins.str
+    """Why the item was refused; empty when it was accepted."""
     @_builtins.property
-    def execution(self) -> _execution_pb2.Execution: ...
+    def execution(self) -> _execution_pb2.Execution:
+        """The execution; unset when the item was refused."""
+
     def __init__(
         self,
         *,
@@ -335,11 +388,15 @@ Global___BatchItemResult: _TypeAlias = BatchItemResult  # noqa: Y015
 
 @_typing.final
 class SubmitBatchResponse(_message.Message):
+    """The batch's answers."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     RESULTS_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___BatchItemResult]: ...
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___BatchItemResult]:
+        """One result per item, in the order of the request."""
+
     def __init__(
         self,
         *,
@@ -355,11 +412,15 @@ Global___SubmitBatchResponse: _TypeAlias = SubmitBatchResponse  # noqa: Y015
 
 @_typing.final
 class BatchGetExecutionsRequest(_message.Message):
+    """Asks for many executions."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     EXECUTION_IDS_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def execution_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def execution_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """1 to 100 execution ids."""
+
     def __init__(
         self,
         *,
@@ -375,11 +436,15 @@ Global___BatchGetExecutionsRequest: _TypeAlias = BatchGetExecutionsRequest  # no
 
 @_typing.final
 class BatchGetExecutionsResponse(_message.Message):
+    """The executions asked for."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     RESULTS_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___BatchItemResult]: ...
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___BatchItemResult]:
+        """One result per id, in the order of the request; an unknown id is NOT_FOUND."""
+
     def __init__(
         self,
         *,
@@ -395,6 +460,8 @@ Global___BatchGetExecutionsResponse: _TypeAlias = BatchGetExecutionsResponse  # 
 
 @_typing.final
 class ListLanguagesRequest(_message.Message):
+    """Asks for every language."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     def __init__(
@@ -410,11 +477,15 @@ Global___ListLanguagesRequest: _TypeAlias = ListLanguagesRequest  # noqa: Y015
 
 @_typing.final
 class ListLanguagesResponse(_message.Message):
+    """The languages the mesh can run."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     LANGUAGES_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def languages(self) -> _containers.RepeatedCompositeFieldContainer[_execution_pb2.Language]: ...
+    def languages(self) -> _containers.RepeatedCompositeFieldContainer[_execution_pb2.Language]:
+        """Every language, sorted by id."""
+
     def __init__(
         self,
         *,
@@ -430,10 +501,13 @@ Global___ListLanguagesResponse: _TypeAlias = ListLanguagesResponse  # noqa: Y015
 
 @_typing.final
 class GetLanguageRequest(_message.Message):
+    """Asks for one language."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     LANGUAGE_ID_FIELD_NUMBER: _builtins.int
     language_id: _builtins.str
+    """The language's id, e.g. "python3"."""
     def __init__(
         self,
         *,
@@ -449,11 +523,15 @@ Global___GetLanguageRequest: _TypeAlias = GetLanguageRequest  # noqa: Y015
 
 @_typing.final
 class GetLanguageResponse(_message.Message):
+    """One language."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     LANGUAGE_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def language(self) -> _execution_pb2.Language: ...
+    def language(self) -> _execution_pb2.Language:
+        """The language, with its detected version."""
+
     def __init__(
         self,
         *,
@@ -481,15 +559,23 @@ class Session(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
+    """The session's id (a UUID)."""
     language: _builtins.str
+    """Id of the session's language."""
     source: _builtins.str
+    """The latest saved source."""
     revision: _builtins.int
-    """Bumped on every saved source; a write must name the revision it replaces."""
+    """Bumped on every saved source, from 1; a write must name the revision it replaces."""
     closed: _builtins.bool
+    """A closed session can be read but no longer changed or run."""
     @_builtins.property
-    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    def created_at(self) -> _timestamp_pb2.Timestamp:
+        """When the session was opened."""
+
     @_builtins.property
-    def updated_at(self) -> _timestamp_pb2.Timestamp: ...
+    def updated_at(self) -> _timestamp_pb2.Timestamp:
+        """When its source was last saved, or it was closed."""
+
     def __init__(
         self,
         *,
@@ -511,12 +597,16 @@ Global___Session: _TypeAlias = Session  # noqa: Y015
 
 @_typing.final
 class CreateSessionRequest(_message.Message):
+    """A session to open."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     LANGUAGE_FIELD_NUMBER: _builtins.int
     SOURCE_FIELD_NUMBER: _builtins.int
     language: _builtins.str
+    """Id of a language from ListLanguages."""
     source: _builtins.str
+    """The first source."""
     def __init__(
         self,
         *,
@@ -533,11 +623,15 @@ Global___CreateSessionRequest: _TypeAlias = CreateSessionRequest  # noqa: Y015
 
 @_typing.final
 class CreateSessionResponse(_message.Message):
+    """The new session."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SESSION_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def session(self) -> Global___Session: ...
+    def session(self) -> Global___Session:
+        """The session, at revision 1."""
+
     def __init__(
         self,
         *,
@@ -553,10 +647,13 @@ Global___CreateSessionResponse: _TypeAlias = CreateSessionResponse  # noqa: Y015
 
 @_typing.final
 class GetSessionRequest(_message.Message):
+    """Asks for one session."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SESSION_ID_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
+    """The session's id."""
     def __init__(
         self,
         *,
@@ -572,11 +669,15 @@ Global___GetSessionRequest: _TypeAlias = GetSessionRequest  # noqa: Y015
 
 @_typing.final
 class GetSessionResponse(_message.Message):
+    """One session."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SESSION_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def session(self) -> Global___Session: ...
+    def session(self) -> Global___Session:
+        """The session."""
+
     def __init__(
         self,
         *,
@@ -592,13 +693,17 @@ Global___GetSessionResponse: _TypeAlias = GetSessionResponse  # noqa: Y015
 
 @_typing.final
 class UpdateSessionSourceRequest(_message.Message):
+    """A new source for a session."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SESSION_ID_FIELD_NUMBER: _builtins.int
     SOURCE_FIELD_NUMBER: _builtins.int
     BASE_REVISION_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
+    """The session's id."""
     source: _builtins.str
+    """The new source; may be empty."""
     base_revision: _builtins.int
     """The revision this write replaces."""
     def __init__(
@@ -618,11 +723,15 @@ Global___UpdateSessionSourceRequest: _TypeAlias = UpdateSessionSourceRequest  # 
 
 @_typing.final
 class UpdateSessionSourceResponse(_message.Message):
+    """The session after the write."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SESSION_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def session(self) -> Global___Session: ...
+    def session(self) -> Global___Session:
+        """The session, at its new revision."""
+
     def __init__(
         self,
         *,
@@ -638,10 +747,13 @@ Global___UpdateSessionSourceResponse: _TypeAlias = UpdateSessionSourceResponse  
 
 @_typing.final
 class CloseSessionRequest(_message.Message):
+    """Asks to close a session."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SESSION_ID_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
+    """The session's id."""
     def __init__(
         self,
         *,
@@ -657,11 +769,15 @@ Global___CloseSessionRequest: _TypeAlias = CloseSessionRequest  # noqa: Y015
 
 @_typing.final
 class CloseSessionResponse(_message.Message):
+    """The closed session."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SESSION_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def session(self) -> Global___Session: ...
+    def session(self) -> Global___Session:
+        """The session, closed."""
+
     def __init__(
         self,
         *,
@@ -677,14 +793,19 @@ Global___CloseSessionResponse: _TypeAlias = CloseSessionResponse  # noqa: Y015
 
 @_typing.final
 class ListSessionExecutionsRequest(_message.Message):
+    """Asks for a page of a session's executions."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SESSION_ID_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
+    """The session's id."""
     page_size: _builtins.int
+    """Most executions in the page, up to 100; 0 means 50."""
     page_token: _builtins.str
+    """The previous page's next_page_token; empty for the first page."""
     def __init__(
         self,
         *,
@@ -702,13 +823,18 @@ Global___ListSessionExecutionsRequest: _TypeAlias = ListSessionExecutionsRequest
 
 @_typing.final
 class ListSessionExecutionsResponse(_message.Message):
+    """A page of a session's executions, newest first."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     EXECUTIONS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
+    """Token for the next page; empty on the last one."""
     @_builtins.property
-    def executions(self) -> _containers.RepeatedCompositeFieldContainer[_execution_pb2.Execution]: ...
+    def executions(self) -> _containers.RepeatedCompositeFieldContainer[_execution_pb2.Execution]:
+        """The executions of the page."""
+
     def __init__(
         self,
         *,
@@ -725,6 +851,8 @@ Global___ListSessionExecutionsResponse: _TypeAlias = ListSessionExecutionsRespon
 
 @_typing.final
 class RunSessionRequest(_message.Message):
+    """Asks to run a session's current source."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SESSION_ID_FIELD_NUMBER: _builtins.int
@@ -732,11 +860,17 @@ class RunSessionRequest(_message.Message):
     ARGS_FIELD_NUMBER: _builtins.int
     LIMITS_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
+    """The session's id; it must not be closed."""
     stdin: _builtins.bytes
+    """Bytes given to the program on standard input."""
     @_builtins.property
-    def args(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def args(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Command-line arguments passed to the program."""
+
     @_builtins.property
-    def limits(self) -> _execution_pb2.Limits: ...
+    def limits(self) -> _execution_pb2.Limits:
+        """Limits of the run; unset fields take the language's defaults."""
+
     def __init__(
         self,
         *,
@@ -755,11 +889,15 @@ Global___RunSessionRequest: _TypeAlias = RunSessionRequest  # noqa: Y015
 
 @_typing.final
 class RunSessionResponse(_message.Message):
+    """The queued run."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     EXECUTION_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def execution(self) -> _execution_pb2.Execution: ...
+    def execution(self) -> _execution_pb2.Execution:
+        """The execution, QUEUED; watch or get it for its result."""
+
     def __init__(
         self,
         *,
@@ -775,11 +913,15 @@ Global___RunSessionResponse: _TypeAlias = RunSessionResponse  # noqa: Y015
 
 @_typing.final
 class ScreenshotRequest(_message.Message):
+    """A screenshot to take."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SCREENSHOT_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def screenshot(self) -> _browser_pb2.ScreenshotRequest: ...
+    def screenshot(self) -> _browser_pb2.ScreenshotRequest:
+        """The browser job; its page.tenant is set to the caller's tenant."""
+
     def __init__(
         self,
         *,
@@ -795,11 +937,15 @@ Global___ScreenshotRequest: _TypeAlias = ScreenshotRequest  # noqa: Y015
 
 @_typing.final
 class ScreenshotResponse(_message.Message):
+    """A taken screenshot."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SCREENSHOT_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def screenshot(self) -> _browser_pb2.ScreenshotResponse: ...
+    def screenshot(self) -> _browser_pb2.ScreenshotResponse:
+        """The browser pool's answer."""
+
     def __init__(
         self,
         *,
@@ -815,11 +961,15 @@ Global___ScreenshotResponse: _TypeAlias = ScreenshotResponse  # noqa: Y015
 
 @_typing.final
 class PdfRequest(_message.Message):
+    """A page to print."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     PDF_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def pdf(self) -> _browser_pb2.PdfRequest: ...
+    def pdf(self) -> _browser_pb2.PdfRequest:
+        """The browser job; its page.tenant is set to the caller's tenant."""
+
     def __init__(
         self,
         *,
@@ -835,11 +985,15 @@ Global___PdfRequest: _TypeAlias = PdfRequest  # noqa: Y015
 
 @_typing.final
 class PdfResponse(_message.Message):
+    """A printed page."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     PDF_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def pdf(self) -> _browser_pb2.PdfResponse: ...
+    def pdf(self) -> _browser_pb2.PdfResponse:
+        """The browser pool's answer."""
+
     def __init__(
         self,
         *,
@@ -855,11 +1009,15 @@ Global___PdfResponse: _TypeAlias = PdfResponse  # noqa: Y015
 
 @_typing.final
 class GetContentRequest(_message.Message):
+    """A page to read."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     CONTENT_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def content(self) -> _browser_pb2.GetContentRequest: ...
+    def content(self) -> _browser_pb2.GetContentRequest:
+        """The browser job; its page.tenant is set to the caller's tenant."""
+
     def __init__(
         self,
         *,
@@ -875,11 +1033,15 @@ Global___GetContentRequest: _TypeAlias = GetContentRequest  # noqa: Y015
 
 @_typing.final
 class GetContentResponse(_message.Message):
+    """A page's content."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     CONTENT_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def content(self) -> _browser_pb2.GetContentResponse: ...
+    def content(self) -> _browser_pb2.GetContentResponse:
+        """The browser pool's answer."""
+
     def __init__(
         self,
         *,
@@ -895,11 +1057,15 @@ Global___GetContentResponse: _TypeAlias = GetContentResponse  # noqa: Y015
 
 @_typing.final
 class EvaluateRequest(_message.Message):
+    """A function to call in a page."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     EVALUATE_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def evaluate(self) -> _browser_pb2.EvaluateRequest: ...
+    def evaluate(self) -> _browser_pb2.EvaluateRequest:
+        """The browser job; its page.tenant is set to the caller's tenant."""
+
     def __init__(
         self,
         *,
@@ -915,11 +1081,15 @@ Global___EvaluateRequest: _TypeAlias = EvaluateRequest  # noqa: Y015
 
 @_typing.final
 class EvaluateResponse(_message.Message):
+    """What the function returned."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     EVALUATE_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def evaluate(self) -> _browser_pb2.EvaluateResponse: ...
+    def evaluate(self) -> _browser_pb2.EvaluateResponse:
+        """The browser pool's answer."""
+
     def __init__(
         self,
         *,
@@ -935,12 +1105,16 @@ Global___EvaluateResponse: _TypeAlias = EvaluateResponse  # noqa: Y015
 
 @_typing.final
 class ListDeadLettersRequest(_message.Message):
+    """Asks for a page of the caller's dead letters."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
+    """Most dead letters in the page, up to 100; 0 means 50."""
     page_token: _builtins.str
+    """The previous page's next_page_token; empty for the first page."""
     def __init__(
         self,
         *,
@@ -957,13 +1131,18 @@ Global___ListDeadLettersRequest: _TypeAlias = ListDeadLettersRequest  # noqa: Y0
 
 @_typing.final
 class ListDeadLettersResponse(_message.Message):
+    """A page of dead letters, newest first."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     DEAD_LETTERS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
+    """Token for the next page; empty on the last one."""
     @_builtins.property
-    def dead_letters(self) -> _containers.RepeatedCompositeFieldContainer[_scheduler_pb2.DeadLetter]: ...
+    def dead_letters(self) -> _containers.RepeatedCompositeFieldContainer[_scheduler_pb2.DeadLetter]:
+        """The dead letters of the page."""
+
     def __init__(
         self,
         *,
@@ -980,10 +1159,13 @@ Global___ListDeadLettersResponse: _TypeAlias = ListDeadLettersResponse  # noqa: 
 
 @_typing.final
 class ReplayDeadLetterRequest(_message.Message):
+    """Asks to run a dead letter's request again."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     DEAD_LETTER_ID_FIELD_NUMBER: _builtins.int
     dead_letter_id: _builtins.str
+    """The dead letter's id; one already replayed is NOT_FOUND."""
     def __init__(
         self,
         *,
@@ -999,11 +1181,15 @@ Global___ReplayDeadLetterRequest: _TypeAlias = ReplayDeadLetterRequest  # noqa: 
 
 @_typing.final
 class ReplayDeadLetterResponse(_message.Message):
+    """The new execution the replay queued."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     EXECUTION_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def execution(self) -> _execution_pb2.Execution: ...
+    def execution(self) -> _execution_pb2.Execution:
+        """The new execution, with a new id."""
+
     def __init__(
         self,
         *,

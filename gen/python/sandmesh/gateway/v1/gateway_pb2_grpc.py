@@ -182,7 +182,7 @@ class GatewayServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ReadOutput(self, request, context):
-        """Read a finished execution's output from an offset, in chunks of at most 256 KiB: the
+        """Read a finished execution's output from an offset, in chunks of at most 128 KiB: the
         way to get output beyond what rides inline in its result.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -204,7 +204,7 @@ class GatewayServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def BatchGetExecutions(self, request, context):
-        """Read many executions by id.
+        """Read up to 100 executions by id; each is answered on its own.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -267,39 +267,44 @@ class GatewayServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Screenshot(self, request, context):
-        """Browser jobs, run by the browser pool.
+        """Render a page to PNG or JPEG in the browser pool, under the tenant's browser quota.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Pdf(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Print a page to PDF in the browser pool, under the tenant's browser quota.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetContent(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Read a page's HTML and text in the browser pool, under the tenant's browser quota.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Evaluate(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Evaluate a JavaScript function in a page in the browser pool, under the tenant's browser
+        quota.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListDeadLetters(self, request, context):
-        """Dead letters of the caller's tenant.
+        """List the dead letters of the caller's tenant, newest first, with page tokens.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ReplayDeadLetter(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Queue a dead letter's request again as a new execution.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')

@@ -44,7 +44,7 @@ class GatewayServiceStub:
     WatchExecution: _grpc.UnaryStreamMultiCallable[_gateway_pb2.WatchExecutionRequest, _gateway_pb2.WatchExecutionResponse]
     """Stream an execution's events: its current state, then live events, ending with the result."""
     ReadOutput: _grpc.UnaryStreamMultiCallable[_gateway_pb2.ReadOutputRequest, _gateway_pb2.ReadOutputResponse]
-    """Read a finished execution's output from an offset, in chunks of at most 256 KiB: the
+    """Read a finished execution's output from an offset, in chunks of at most 128 KiB: the
     way to get output beyond what rides inline in its result.
     """
     CancelExecution: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.CancelExecutionRequest, _gateway_pb2.CancelExecutionResponse]
@@ -52,7 +52,7 @@ class GatewayServiceStub:
     SubmitBatch: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.SubmitBatchRequest, _gateway_pb2.SubmitBatchResponse]
     """Queue up to 100 executions; each item is validated and answered on its own."""
     BatchGetExecutions: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.BatchGetExecutionsRequest, _gateway_pb2.BatchGetExecutionsResponse]
-    """Read many executions by id."""
+    """Read up to 100 executions by id; each is answered on its own."""
     ListLanguages: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.ListLanguagesRequest, _gateway_pb2.ListLanguagesResponse]
     """Languages the mesh can run, with their detected versions."""
     GetLanguage: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.GetLanguageRequest, _gateway_pb2.GetLanguageResponse]
@@ -70,13 +70,19 @@ class GatewayServiceStub:
     RunSession: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.RunSessionRequest, _gateway_pb2.RunSessionResponse]
     """Run the session's current source."""
     Screenshot: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.ScreenshotRequest, _gateway_pb2.ScreenshotResponse]
-    """Browser jobs, run by the browser pool."""
+    """Render a page to PNG or JPEG in the browser pool, under the tenant's browser quota."""
     Pdf: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.PdfRequest, _gateway_pb2.PdfResponse]
+    """Print a page to PDF in the browser pool, under the tenant's browser quota."""
     GetContent: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.GetContentRequest, _gateway_pb2.GetContentResponse]
+    """Read a page's HTML and text in the browser pool, under the tenant's browser quota."""
     Evaluate: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.EvaluateRequest, _gateway_pb2.EvaluateResponse]
+    """Evaluate a JavaScript function in a page in the browser pool, under the tenant's browser
+    quota.
+    """
     ListDeadLetters: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.ListDeadLettersRequest, _gateway_pb2.ListDeadLettersResponse]
-    """Dead letters of the caller's tenant."""
+    """List the dead letters of the caller's tenant, newest first, with page tokens."""
     ReplayDeadLetter: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.ReplayDeadLetterRequest, _gateway_pb2.ReplayDeadLetterResponse]
+    """Queue a dead letter's request again as a new execution."""
 
 @_typing.type_check_only
 class GatewayServiceAsyncStub(GatewayServiceStub):
@@ -94,7 +100,7 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
     WatchExecution: _aio.UnaryStreamMultiCallable[_gateway_pb2.WatchExecutionRequest, _gateway_pb2.WatchExecutionResponse]  # type: ignore[assignment]
     """Stream an execution's events: its current state, then live events, ending with the result."""
     ReadOutput: _aio.UnaryStreamMultiCallable[_gateway_pb2.ReadOutputRequest, _gateway_pb2.ReadOutputResponse]  # type: ignore[assignment]
-    """Read a finished execution's output from an offset, in chunks of at most 256 KiB: the
+    """Read a finished execution's output from an offset, in chunks of at most 128 KiB: the
     way to get output beyond what rides inline in its result.
     """
     CancelExecution: _aio.UnaryUnaryMultiCallable[_gateway_pb2.CancelExecutionRequest, _gateway_pb2.CancelExecutionResponse]  # type: ignore[assignment]
@@ -102,7 +108,7 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
     SubmitBatch: _aio.UnaryUnaryMultiCallable[_gateway_pb2.SubmitBatchRequest, _gateway_pb2.SubmitBatchResponse]  # type: ignore[assignment]
     """Queue up to 100 executions; each item is validated and answered on its own."""
     BatchGetExecutions: _aio.UnaryUnaryMultiCallable[_gateway_pb2.BatchGetExecutionsRequest, _gateway_pb2.BatchGetExecutionsResponse]  # type: ignore[assignment]
-    """Read many executions by id."""
+    """Read up to 100 executions by id; each is answered on its own."""
     ListLanguages: _aio.UnaryUnaryMultiCallable[_gateway_pb2.ListLanguagesRequest, _gateway_pb2.ListLanguagesResponse]  # type: ignore[assignment]
     """Languages the mesh can run, with their detected versions."""
     GetLanguage: _aio.UnaryUnaryMultiCallable[_gateway_pb2.GetLanguageRequest, _gateway_pb2.GetLanguageResponse]  # type: ignore[assignment]
@@ -120,13 +126,19 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
     RunSession: _aio.UnaryUnaryMultiCallable[_gateway_pb2.RunSessionRequest, _gateway_pb2.RunSessionResponse]  # type: ignore[assignment]
     """Run the session's current source."""
     Screenshot: _aio.UnaryUnaryMultiCallable[_gateway_pb2.ScreenshotRequest, _gateway_pb2.ScreenshotResponse]  # type: ignore[assignment]
-    """Browser jobs, run by the browser pool."""
+    """Render a page to PNG or JPEG in the browser pool, under the tenant's browser quota."""
     Pdf: _aio.UnaryUnaryMultiCallable[_gateway_pb2.PdfRequest, _gateway_pb2.PdfResponse]  # type: ignore[assignment]
+    """Print a page to PDF in the browser pool, under the tenant's browser quota."""
     GetContent: _aio.UnaryUnaryMultiCallable[_gateway_pb2.GetContentRequest, _gateway_pb2.GetContentResponse]  # type: ignore[assignment]
+    """Read a page's HTML and text in the browser pool, under the tenant's browser quota."""
     Evaluate: _aio.UnaryUnaryMultiCallable[_gateway_pb2.EvaluateRequest, _gateway_pb2.EvaluateResponse]  # type: ignore[assignment]
+    """Evaluate a JavaScript function in a page in the browser pool, under the tenant's browser
+    quota.
+    """
     ListDeadLetters: _aio.UnaryUnaryMultiCallable[_gateway_pb2.ListDeadLettersRequest, _gateway_pb2.ListDeadLettersResponse]  # type: ignore[assignment]
-    """Dead letters of the caller's tenant."""
+    """List the dead letters of the caller's tenant, newest first, with page tokens."""
     ReplayDeadLetter: _aio.UnaryUnaryMultiCallable[_gateway_pb2.ReplayDeadLetterRequest, _gateway_pb2.ReplayDeadLetterResponse]  # type: ignore[assignment]
+    """Queue a dead letter's request again as a new execution."""
 
 class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
     """The only public API of Sandmesh. Every call carries an API key in the
@@ -171,7 +183,7 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _gateway_pb2.ReadOutputRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_gateway_pb2.ReadOutputResponse], _abc.AsyncIterator[_gateway_pb2.ReadOutputResponse]]:
-        """Read a finished execution's output from an offset, in chunks of at most 256 KiB: the
+        """Read a finished execution's output from an offset, in chunks of at most 128 KiB: the
         way to get output beyond what rides inline in its result.
         """
 
@@ -197,7 +209,7 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _gateway_pb2.BatchGetExecutionsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_gateway_pb2.BatchGetExecutionsResponse, _abc.Awaitable[_gateway_pb2.BatchGetExecutionsResponse]]:
-        """Read many executions by id."""
+        """Read up to 100 executions by id; each is answered on its own."""
 
     @_abc_1.abstractmethod
     def ListLanguages(
@@ -269,28 +281,33 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _gateway_pb2.ScreenshotRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_gateway_pb2.ScreenshotResponse, _abc.Awaitable[_gateway_pb2.ScreenshotResponse]]:
-        """Browser jobs, run by the browser pool."""
+        """Render a page to PNG or JPEG in the browser pool, under the tenant's browser quota."""
 
     @_abc_1.abstractmethod
     def Pdf(
         self,
         request: _gateway_pb2.PdfRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_gateway_pb2.PdfResponse, _abc.Awaitable[_gateway_pb2.PdfResponse]]: ...
+    ) -> _typing.Union[_gateway_pb2.PdfResponse, _abc.Awaitable[_gateway_pb2.PdfResponse]]:
+        """Print a page to PDF in the browser pool, under the tenant's browser quota."""
 
     @_abc_1.abstractmethod
     def GetContent(
         self,
         request: _gateway_pb2.GetContentRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_gateway_pb2.GetContentResponse, _abc.Awaitable[_gateway_pb2.GetContentResponse]]: ...
+    ) -> _typing.Union[_gateway_pb2.GetContentResponse, _abc.Awaitable[_gateway_pb2.GetContentResponse]]:
+        """Read a page's HTML and text in the browser pool, under the tenant's browser quota."""
 
     @_abc_1.abstractmethod
     def Evaluate(
         self,
         request: _gateway_pb2.EvaluateRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_gateway_pb2.EvaluateResponse, _abc.Awaitable[_gateway_pb2.EvaluateResponse]]: ...
+    ) -> _typing.Union[_gateway_pb2.EvaluateResponse, _abc.Awaitable[_gateway_pb2.EvaluateResponse]]:
+        """Evaluate a JavaScript function in a page in the browser pool, under the tenant's browser
+        quota.
+        """
 
     @_abc_1.abstractmethod
     def ListDeadLetters(
@@ -298,13 +315,14 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _gateway_pb2.ListDeadLettersRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_gateway_pb2.ListDeadLettersResponse, _abc.Awaitable[_gateway_pb2.ListDeadLettersResponse]]:
-        """Dead letters of the caller's tenant."""
+        """List the dead letters of the caller's tenant, newest first, with page tokens."""
 
     @_abc_1.abstractmethod
     def ReplayDeadLetter(
         self,
         request: _gateway_pb2.ReplayDeadLetterRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_gateway_pb2.ReplayDeadLetterResponse, _abc.Awaitable[_gateway_pb2.ReplayDeadLetterResponse]]: ...
+    ) -> _typing.Union[_gateway_pb2.ReplayDeadLetterResponse, _abc.Awaitable[_gateway_pb2.ReplayDeadLetterResponse]]:
+        """Queue a dead letter's request again as a new execution."""
 
 def add_GatewayServiceServicer_to_server(servicer: GatewayServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

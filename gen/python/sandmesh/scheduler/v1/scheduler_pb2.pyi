@@ -22,6 +22,8 @@ DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
 class EnqueueRequest(_message.Message):
+    """A new execution to store and queue."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TENANT_FIELD_NUMBER: _builtins.int
@@ -30,14 +32,22 @@ class EnqueueRequest(_message.Message):
     SESSION_ID_FIELD_NUMBER: _builtins.int
     DEADLINE_FIELD_NUMBER: _builtins.int
     tenant: _builtins.str
+    """The tenant it runs for; required."""
     idempotency_key: _builtins.str
-    """Optional client key; the same key and request return the same execution."""
+    """Optional client key; within 24 hours the same key and request return the same execution,
+    and the same key with another request is ALREADY_EXISTS.
+    """
     session_id: _builtins.str
+    """The editing session the execution belongs to; empty for none."""
     @_builtins.property
-    def request(self) -> _execution_pb2.ExecutionRequest: ...
+    def request(self) -> _execution_pb2.ExecutionRequest:
+        """What to run; its language is required."""
+
     @_builtins.property
     def deadline(self) -> _timestamp_pb2.Timestamp:
-        """The run must be over by then; a job still queued at that time expires."""
+        """The run must be over by then; a job still queued at that time expires. Unset: the
+        queue's default time to live from now.
+        """
 
     def __init__(
         self,
@@ -58,11 +68,15 @@ Global___EnqueueRequest: _TypeAlias = EnqueueRequest  # noqa: Y015
 
 @_typing.final
 class EnqueueResponse(_message.Message):
+    """The stored execution."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     EXECUTION_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def execution(self) -> _execution_pb2.Execution: ...
+    def execution(self) -> _execution_pb2.Execution:
+        """The execution, with its queue position and estimated wait while QUEUED."""
+
     def __init__(
         self,
         *,
@@ -78,12 +92,16 @@ Global___EnqueueResponse: _TypeAlias = EnqueueResponse  # noqa: Y015
 
 @_typing.final
 class GetExecutionRequest(_message.Message):
+    """Asks for one execution."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TENANT_FIELD_NUMBER: _builtins.int
     EXECUTION_ID_FIELD_NUMBER: _builtins.int
     tenant: _builtins.str
+    """The tenant that owns it; another tenant's execution is NOT_FOUND."""
     execution_id: _builtins.str
+    """The execution's id."""
     def __init__(
         self,
         *,
@@ -100,11 +118,15 @@ Global___GetExecutionRequest: _TypeAlias = GetExecutionRequest  # noqa: Y015
 
 @_typing.final
 class GetExecutionResponse(_message.Message):
+    """One execution."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     EXECUTION_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def execution(self) -> _execution_pb2.Execution: ...
+    def execution(self) -> _execution_pb2.Execution:
+        """The execution, with its queue position and estimated wait while QUEUED."""
+
     def __init__(
         self,
         *,
@@ -120,12 +142,16 @@ Global___GetExecutionResponse: _TypeAlias = GetExecutionResponse  # noqa: Y015
 
 @_typing.final
 class CancelExecutionRequest(_message.Message):
+    """Asks to cancel one execution."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TENANT_FIELD_NUMBER: _builtins.int
     EXECUTION_ID_FIELD_NUMBER: _builtins.int
     tenant: _builtins.str
+    """The tenant that owns it."""
     execution_id: _builtins.str
+    """The execution's id."""
     def __init__(
         self,
         *,
@@ -142,11 +168,15 @@ Global___CancelExecutionRequest: _TypeAlias = CancelExecutionRequest  # noqa: Y0
 
 @_typing.final
 class CancelExecutionResponse(_message.Message):
+    """The execution after the cancel."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     EXECUTION_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def execution(self) -> _execution_pb2.Execution: ...
+    def execution(self) -> _execution_pb2.Execution:
+        """The execution: CANCELLED, or the final status it had already reached."""
+
     def __init__(
         self,
         *,
@@ -162,6 +192,8 @@ Global___CancelExecutionResponse: _TypeAlias = CancelExecutionResponse  # noqa: 
 
 @_typing.final
 class ListExecutionsRequest(_message.Message):
+    """Asks for a page of a tenant's executions."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TENANT_FIELD_NUMBER: _builtins.int
@@ -169,9 +201,13 @@ class ListExecutionsRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     tenant: _builtins.str
+    """The tenant whose executions to list."""
     session_id: _builtins.str
+    """Only the executions of this editing session; empty for all."""
     page_size: _builtins.int
+    """Most executions in the page, up to 100; 0 means 50."""
     page_token: _builtins.str
+    """The previous page's next_page_token; empty for the first page."""
     def __init__(
         self,
         *,
@@ -190,13 +226,18 @@ Global___ListExecutionsRequest: _TypeAlias = ListExecutionsRequest  # noqa: Y015
 
 @_typing.final
 class ListExecutionsResponse(_message.Message):
+    """A page of executions, newest first."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     EXECUTIONS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
+    """Token for the next page; empty on the last one."""
     @_builtins.property
-    def executions(self) -> _containers.RepeatedCompositeFieldContainer[_execution_pb2.Execution]: ...
+    def executions(self) -> _containers.RepeatedCompositeFieldContainer[_execution_pb2.Execution]:
+        """The executions of the page."""
+
     def __init__(
         self,
         *,
@@ -227,17 +268,29 @@ class DeadLetter(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     REPLAYED_AT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
+    """The dead letter's id (a UUID)."""
     execution_id: _builtins.str
+    """The execution it closed, as SYSTEM_ERROR."""
     tenant: _builtins.str
+    """The tenant that owns the execution."""
     reason: _builtins.str
+    """Why the job was given up."""
     last_error: _builtins.str
+    """The last infrastructure error an attempt recorded; empty when none was."""
     deliveries: _builtins.int
+    """How many times the job was delivered to executors."""
     @_builtins.property
-    def request(self) -> _execution_pb2.ExecutionRequest: ...
+    def request(self) -> _execution_pb2.ExecutionRequest:
+        """What was asked to run; ReplayDeadLetter queues it again."""
+
     @_builtins.property
-    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    def created_at(self) -> _timestamp_pb2.Timestamp:
+        """When the job was given up."""
+
     @_builtins.property
-    def replayed_at(self) -> _timestamp_pb2.Timestamp: ...
+    def replayed_at(self) -> _timestamp_pb2.Timestamp:
+        """When it was replayed; unset until then."""
+
     def __init__(
         self,
         *,
@@ -261,14 +314,19 @@ Global___DeadLetter: _TypeAlias = DeadLetter  # noqa: Y015
 
 @_typing.final
 class ListDeadLettersRequest(_message.Message):
+    """Asks for a page of a tenant's dead letters."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TENANT_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     tenant: _builtins.str
+    """The tenant whose dead letters to list."""
     page_size: _builtins.int
+    """Most dead letters in the page, up to 100; 0 means 50."""
     page_token: _builtins.str
+    """The previous page's next_page_token; empty for the first page."""
     def __init__(
         self,
         *,
@@ -286,13 +344,18 @@ Global___ListDeadLettersRequest: _TypeAlias = ListDeadLettersRequest  # noqa: Y0
 
 @_typing.final
 class ListDeadLettersResponse(_message.Message):
+    """A page of dead letters, newest first."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     DEAD_LETTERS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
+    """Token for the next page; empty on the last one."""
     @_builtins.property
-    def dead_letters(self) -> _containers.RepeatedCompositeFieldContainer[Global___DeadLetter]: ...
+    def dead_letters(self) -> _containers.RepeatedCompositeFieldContainer[Global___DeadLetter]:
+        """The dead letters of the page."""
+
     def __init__(
         self,
         *,
@@ -309,12 +372,16 @@ Global___ListDeadLettersResponse: _TypeAlias = ListDeadLettersResponse  # noqa: 
 
 @_typing.final
 class ReplayDeadLetterRequest(_message.Message):
+    """Asks to run a dead letter's request again."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TENANT_FIELD_NUMBER: _builtins.int
     DEAD_LETTER_ID_FIELD_NUMBER: _builtins.int
     tenant: _builtins.str
+    """The tenant that owns it."""
     dead_letter_id: _builtins.str
+    """The dead letter's id; one already replayed is NOT_FOUND."""
     def __init__(
         self,
         *,
@@ -331,11 +398,15 @@ Global___ReplayDeadLetterRequest: _TypeAlias = ReplayDeadLetterRequest  # noqa: 
 
 @_typing.final
 class ReplayDeadLetterResponse(_message.Message):
+    """The new execution the replay queued."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     EXECUTION_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def execution(self) -> _execution_pb2.Execution: ...
+    def execution(self) -> _execution_pb2.Execution:
+        """The new execution, with a new id."""
+
     def __init__(
         self,
         *,
@@ -351,6 +422,8 @@ Global___ReplayDeadLetterResponse: _TypeAlias = ReplayDeadLetterResponse  # noqa
 
 @_typing.final
 class GetQueueStatsRequest(_message.Message):
+    """Asks for the queue's statistics."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     def __init__(
@@ -366,6 +439,8 @@ Global___GetQueueStatsRequest: _TypeAlias = GetQueueStatsRequest  # noqa: Y015
 
 @_typing.final
 class LaneStats(_message.Message):
+    """The load of one queue lane."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     PRIORITY_FIELD_NUMBER: _builtins.int
@@ -373,9 +448,13 @@ class LaneStats(_message.Message):
     RUNNING_FIELD_NUMBER: _builtins.int
     COMPLETED_PER_SECOND_FIELD_NUMBER: _builtins.int
     priority: _execution_pb2.Priority.ValueType
+    """The lane."""
     pending: _builtins.int
+    """Jobs in the lane not yet delivered to an executor."""
     running: _builtins.int
+    """Executions of the lane running now."""
     completed_per_second: _builtins.float
+    """Executions of the lane finished per second, over the last minute."""
     def __init__(
         self,
         *,
@@ -404,11 +483,19 @@ class ExecutorStatus(_message.Message):
     LAST_SEEN_FIELD_NUMBER: _builtins.int
     ALIVE_FIELD_NUMBER: _builtins.int
     executor_id: _builtins.str
+    """The executor's id."""
     capacity: _builtins.int
+    """Jobs it runs at once, from its last heartbeat."""
     running: _builtins.int
+    """Jobs it was running at its last heartbeat."""
     alive: _builtins.bool
+    """False once it has been silent too long; its running executions then go back to the
+    queue.
+    """
     @_builtins.property
-    def last_seen(self) -> _timestamp_pb2.Timestamp: ...
+    def last_seen(self) -> _timestamp_pb2.Timestamp:
+        """When its last heartbeat arrived."""
+
     def __init__(
         self,
         *,
@@ -428,14 +515,20 @@ Global___ExecutorStatus: _TypeAlias = ExecutorStatus  # noqa: Y015
 
 @_typing.final
 class GetQueueStatsResponse(_message.Message):
+    """The queue's statistics."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     LANES_FIELD_NUMBER: _builtins.int
     EXECUTORS_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def lanes(self) -> _containers.RepeatedCompositeFieldContainer[Global___LaneStats]: ...
+    def lanes(self) -> _containers.RepeatedCompositeFieldContainer[Global___LaneStats]:
+        """One entry per lane."""
+
     @_builtins.property
-    def executors(self) -> _containers.RepeatedCompositeFieldContainer[Global___ExecutorStatus]: ...
+    def executors(self) -> _containers.RepeatedCompositeFieldContainer[Global___ExecutorStatus]:
+        """Every executor heard from since the scheduler started."""
+
     def __init__(
         self,
         *,
