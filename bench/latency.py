@@ -1,4 +1,5 @@
-"""Bench 1: latency of one Python hello world, through the mesh vs `python3 -c` vs the sandbox.
+"""Bench 1: latency of one Python hello world, through the mesh vs `python3 -c` vs the sandbox
+(with and without its syscall allow-list and CPU share).
 
 The three are interleaved run by run (mesh, raw, sandbox, mesh, ...), so a burst of load
 on the machine lands on all of them rather than on whichever series ran at that moment.
@@ -24,7 +25,7 @@ from bench.common import (
     summarize_ms,
     warm_pool_detail,
 )
-from bench.sandbox import run_raw, run_sandboxed
+from bench.sandbox import run_raw, run_sandboxed, run_unhardened
 
 NAME = "latency"
 RUNS = {Size.FULL: 200, Size.TINY: 2}
@@ -39,6 +40,7 @@ async def _interleaved(
         "mesh": lambda: run_hello(channel),
         "raw": run_raw,
         "sandbox": run_sandboxed,
+        "unhardened": run_unhardened,
     }
     samples: dict[str, list[float]] = {key: [] for key in series}
     errors = 0
@@ -73,6 +75,7 @@ def run(stack: Stack, size: Size) -> Result:
     )
     raw: list[float] = []
     sandbox: list[float] = []
+    unhardened: list[float] = []
     mesh: dict[int, dict[str, float | int]] = {}
     for pool in pools:
         with stack.mesh(f"latency-pool{pool}", {"SANDMESH_WARM_POOL_SIZE": str(pool)}) as m:
@@ -83,11 +86,13 @@ def run(stack: Stack, size: Size) -> Result:
         result.errors += errors
         raw += samples["raw"]
         sandbox += samples["sandbox"]
+        unhardened += samples["unhardened"]
         mesh[pool] = summarize_ms(samples["mesh"])
         result.notes.append(f"warm pool {pool}: executor reports '{detail}'")
     summaries = {
         "python3 -c (raw)": summarize_ms(raw),
         "bare sandbox (cold)": summarize_ms(sandbox),
+        "bare sandbox, no allow-list or CPU share": summarize_ms(unhardened),
         **{f"mesh, warm pool {pool}": s for pool, s in mesh.items()},
     }
     for label, s in summaries.items():
@@ -103,6 +108,14 @@ def run(stack: Stack, size: Size) -> Result:
             ),
             Ratio(f"mesh(pool {pool})/sandbox p50", ratio(p50, box_p50), "the mesh's own overhead"),
         ]
+    plain_p50 = float(summaries["bare sandbox, no allow-list or CPU share"].get("p50", 0))
+    result.ratios.append(
+        Ratio(
+            "sandbox/no allow-list or CPU share p50",
+            ratio(box_p50, plain_p50),
+            "what the syscall allow-list and cpu.max cost a hello world",
+        )
+    )
     off, on = (float(mesh[p].get("p50", 0)) for p in pools)
     result.ratios.append(
         Ratio("mesh warm/cold p50", ratio(on, off), "below 1: the warm pool saves time")

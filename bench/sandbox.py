@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import os
 
 from bench.common import HELLO_SOURCE, SYSTEM_PYTHON
-from services.executor.sandbox import SandboxLimits, Verdict, run_in_sandbox
+from services.executor.sandbox import SandboxLimits, SandboxOptions, Verdict, run_in_sandbox
 
 # The python3 language's defaults ([limits.default] in services/executor/languages.toml), so
 # the bare sandbox gets exactly the limits a mesh execution of the same program gets.
@@ -18,6 +20,9 @@ HELLO_LIMITS = SandboxLimits(
     file_size_bytes=1 << 20,
     tmp_bytes=64 << 20,
 )
+# The same sandbox without the two layers issue 13 added: no syscall allow-list, and a CPU
+# share of every core (so cpu.max never throttles), to show what those layers cost.
+UNHARDENED_LIMITS = dataclasses.replace(HELLO_LIMITS, cpu_millicores=1000 * (os.cpu_count() or 1))
 
 
 async def run_raw() -> None:
@@ -35,13 +40,21 @@ async def run_raw() -> None:
         raise RuntimeError(f"python3 -c failed ({proc.returncode}): {stderr[-200:]!r}")
 
 
-async def run_sandboxed() -> None:
+async def run_sandboxed(
+    limits: SandboxLimits = HELLO_LIMITS, options: SandboxOptions | None = None
+) -> None:
     """The program as the executor lays it out (main.py in its work dir), in a cold sandbox."""
     outcome = await run_in_sandbox(
         [SYSTEM_PYTHON, "-I", "main.py"],
         {"main.py": HELLO_SOURCE.encode()},
         b"",
-        HELLO_LIMITS,
+        limits,
+        options=options or SandboxOptions(),
     )
     if outcome.verdict is not Verdict.COMPLETED:
         raise RuntimeError(f"sandboxed run ended {outcome.verdict}: {outcome.detail}")
+
+
+async def run_unhardened() -> None:
+    """`run_sandboxed` without the allow-list and the CPU share."""
+    await run_sandboxed(UNHARDENED_LIMITS, SandboxOptions(seccomp=False))
