@@ -8,7 +8,7 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypeVar, runtime_checkable
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -144,3 +144,24 @@ def run(name: str, build: Callable[[], tuple[Service, int]]) -> None:
         sys.exit(1)
     finally:
         telemetry.shutdown()
+
+
+class _Configured(Protocol):
+    @property
+    def port(self) -> int: ...
+
+
+C = TypeVar("C", bound=_Configured)
+
+
+def entry_point(name: str, service: Callable[[C], Service], config: type[C]) -> Callable[[], None]:
+    """The `sandmesh-<name>` command: its settings from the environment, then `run`."""
+
+    def main() -> None:
+        def build() -> tuple[Service, int]:
+            loaded = settings.load(config)
+            return service(loaded), loaded.port
+
+        run(name, build)
+
+    return main

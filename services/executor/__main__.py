@@ -9,18 +9,11 @@ import os
 # no handlers; turning them off, before grpc is imported, covers any other fork as well.
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
 
-from sandmesh_runtime import bootstrap, settings
+from sandmesh_runtime import bootstrap
 from services.executor.service import Executor
 from services.executor.settings import ExecutorSettings
 
-
-def main() -> None:
-    def build() -> tuple[Executor, int]:
-        config = settings.load(ExecutorSettings)
-        return Executor(config), config.port
-
-    bootstrap.run("executor", build)
-
+main = bootstrap.entry_point("executor", Executor, ExecutorSettings)
 
 if __name__ == "__main__":
     main()

@@ -5,12 +5,11 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from sandmesh.gateway.v1 import gateway_pb2
-from sandmesh_db.rows import copy_times, parse_id
-from sandmesh_runtime import deadlines, errors
+from sandmesh_db.rows import copy_times, fetch_one, parse_id
+from sandmesh_runtime import errors
 
 _COLUMNS = "id, language, source, revision, closed, created_at, updated_at"
 
@@ -46,29 +45,26 @@ class SessionStore:
     def __init__(self, pool: AsyncConnectionPool) -> None:
         self._pool = pool
 
+    async def _one(self, query: str, params: tuple[Any, ...]) -> gateway_pb2.Session | None:
+        row = await fetch_one(self._pool, query, params)
+        return None if row is None else _to_proto(row)
+
     async def create(self, tenant: str, language: str, source: str) -> gateway_pb2.Session:
-        async with self._pool.connection(timeout=deadlines.timeout()) as conn:
-            cursor = conn.cursor(row_factory=dict_row)
-            await cursor.execute(
-                "INSERT INTO sessions (id, tenant, language, source) VALUES (%s, %s, %s, %s)"
-                f" RETURNING {_COLUMNS}",
-                (uuid.uuid4(), tenant, language, source),
-            )
-            row = await cursor.fetchone()
-        assert row is not None
-        return _to_proto(row)
+        session = await self._one(
+            "INSERT INTO sessions (id, tenant, language, source) VALUES (%s, %s, %s, %s)"
+            f" RETURNING {_COLUMNS}",
+            (uuid.uuid4(), tenant, language, source),
+        )
+        assert session is not None
+        return session
 
     async def get(self, tenant: str, session_id: str) -> gateway_pb2.Session | None:
         key = parse_id(session_id)
         if key is None:
             return None
-        async with self._pool.connection(timeout=deadlines.timeout()) as conn:
-            cursor = conn.cursor(row_factory=dict_row)
-            await cursor.execute(
-                f"SELECT {_COLUMNS} FROM sessions WHERE id = %s AND tenant = %s", (key, tenant)
-            )
-            row = await cursor.fetchone()
-        return None if row is None else _to_proto(row)
+        return await self._one(
+            f"SELECT {_COLUMNS} FROM sessions WHERE id = %s AND tenant = %s", (key, tenant)
+        )
 
     async def save(
         self, tenant: str, session_id: str, source: str, base_revision: int
@@ -80,18 +76,15 @@ class SessionStore:
         key = parse_id(session_id)
         if key is None:
             return None
-        async with self._pool.connection(timeout=deadlines.timeout()) as conn:
-            cursor = conn.cursor(row_factory=dict_row)
-            # Compare-and-set on the revision: a stale write changes nothing.
-            await cursor.execute(
-                "UPDATE sessions SET source = %s, revision = revision + 1, updated_at = now()"
-                " WHERE id = %s AND tenant = %s AND revision = %s AND NOT closed"
-                f" RETURNING {_COLUMNS}",
-                (source, key, tenant, base_revision),
-            )
-            row = await cursor.fetchone()
-        if row is not None:
-            return _to_proto(row)
+        # Compare-and-set on the revision: a stale write changes nothing.
+        saved = await self._one(
+            "UPDATE sessions SET source = %s, revision = revision + 1, updated_at = now()"
+            " WHERE id = %s AND tenant = %s AND revision = %s AND NOT closed"
+            f" RETURNING {_COLUMNS}",
+            (source, key, tenant, base_revision),
+        )
+        if saved is not None:
+            return saved
         current = await self.get(tenant, session_id)
         if current is None:
             return None
@@ -103,12 +96,8 @@ class SessionStore:
         key = parse_id(session_id)
         if key is None:
             return None
-        async with self._pool.connection(timeout=deadlines.timeout()) as conn:
-            cursor = conn.cursor(row_factory=dict_row)
-            await cursor.execute(
-                "UPDATE sessions SET closed = true, updated_at = now()"
-                f" WHERE id = %s AND tenant = %s RETURNING {_COLUMNS}",
-                (key, tenant),
-            )
-            row = await cursor.fetchone()
-        return None if row is None else _to_proto(row)
+        return await self._one(
+            "UPDATE sessions SET closed = true, updated_at = now()"
+            f" WHERE id = %s AND tenant = %s RETURNING {_COLUMNS}",
+            (key, tenant),
+        )

@@ -17,7 +17,7 @@ from sandmesh.execution.v1 import execution_pb2
 from sandmesh.scheduler.v1 import scheduler_pb2
 from sandmesh_contracts import results, statuses
 from sandmesh_contracts.wire import MAX_RESPONSE_BYTES
-from sandmesh_db.rows import copy_times, parse_id
+from sandmesh_db.rows import copy_times, fetch_one, parse_id
 from sandmesh_queue import subjects
 from sandmesh_runtime import deadlines, errors
 
@@ -325,13 +325,11 @@ class ExecutionStore:
         key = parse_id(execution_id)
         if key is None:
             return None
-        async with self._pool.connection(timeout=deadlines.timeout()) as conn:
-            cursor = conn.cursor(row_factory=dict_row)
-            await cursor.execute(
-                f"SELECT {_COLUMNS} FROM executions WHERE id = %s AND tenant = %s",
-                (key, tenant),
-            )
-            row = await cursor.fetchone()
+        row = await fetch_one(
+            self._pool,
+            f"SELECT {_COLUMNS} FROM executions WHERE id = %s AND tenant = %s",
+            (key, tenant),
+        )
         return None if row is None else _to_proto(row)
 
     async def list_executions(

@@ -10,23 +10,11 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
 
 import nats
 import nats.errors
 import pytest
 from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StreamConfig
-
-from tests.helpers.servers import Servers
-
-
-@pytest.fixture
-async def js(servers: Servers) -> AsyncIterator[nats.js.JetStreamContext]:
-    nc = await nats.connect(servers.nats.url)
-    try:
-        yield nc.jetstream()
-    finally:
-        await nc.close()
 
 
 async def fresh_stream(js: nats.js.JetStreamContext) -> tuple[str, str]:

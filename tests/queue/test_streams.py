@@ -4,25 +4,13 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator
 
 import nats
-import pytest
 from nats.js.api import RetentionPolicy
 
 from sandmesh.execution.v1 import execution_pb2
 from sandmesh.queue.v1 import queue_pb2
 from sandmesh_queue import messages, streams, subjects
-from tests.helpers.servers import Servers
-
-
-@pytest.fixture
-async def js(servers: Servers) -> AsyncIterator[nats.js.JetStreamContext]:
-    nc = await nats.connect(servers.nats.url)
-    try:
-        yield nc.jetstream()
-    finally:
-        await nc.close()
 
 
 async def test_ensure_streams_twice_changes_nothing(js: nats.js.JetStreamContext) -> None:
