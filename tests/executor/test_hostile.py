@@ -22,27 +22,13 @@ import services.executor.worker as executor_worker
 from sandmesh.execution.v1 import execution_pb2
 from sandmesh.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from sandmesh_runtime.errors import details_of
+from tests.helpers.host import pids_with
 from tests.helpers.runner import Result, Runner, assert_healthy, sandbox_status, status
 
 if TYPE_CHECKING:
     from sandmesh.executor.v1.executor_pb2_grpc import ExecutorServiceAsyncStub as ExecutorStub
 
 Limits = execution_pb2.Limits
-
-
-def _pids_with(marker: str) -> list[int]:
-    """Host processes whose command line carries `marker`."""
-    found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/cmdline", "rb") as fh:
-                if marker.encode() in fh.read():
-                    found.append(int(name))
-        except OSError:
-            continue
-    return found
 
 
 async def test_fork_bomb_is_held_by_the_task_limit(run: Runner) -> None:
@@ -53,7 +39,7 @@ async def test_fork_bomb_is_held_by_the_task_limit(run: Runner) -> None:
     )
     assert status(result) == "TIMEOUT", result
     assert result.error_code == "E004"
-    assert _pids_with(marker) == []
+    assert pids_with(marker) == []
     await assert_healthy(run)
 
 
@@ -247,10 +233,10 @@ print("parent done")
     result = await run("python3", source)
     assert status(result) == "COMPLETED", result
     for _ in range(40):
-        if not _pids_with(marker):
+        if not pids_with(marker):
             break
         await asyncio.sleep(0.05)
-    assert _pids_with(marker) == []
+    assert pids_with(marker) == []
 
 
 async def test_kill_minus_one_from_inside_leaves_the_executor_alive(run: Runner) -> None:
@@ -548,7 +534,7 @@ os.execv("/usr/bin/python3", ["python3", "-c", "import time; time.sleep(4)", "{m
 """
     held = asyncio.create_task(run("python3", holder))
     # The marker is in a command line only once the lock is held (and kept across exec).
-    while not _pids_with(marker):
+    while not pids_with(marker):
         assert not held.done(), held.result()
         await asyncio.sleep(0.05)
     await asyncio.to_thread(_lock_at_once, shared)

@@ -21,6 +21,7 @@ from services.executor.sandbox import (
     run_in_sandbox,
     sandbox_layers,
 )
+from tests.helpers.host import pids_with
 
 # The system interpreter, not the virtualenv's: only /usr is visible inside.
 PYTHON = "/usr/bin/python3"
@@ -58,20 +59,6 @@ def _vm_rss_bytes() -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     raise AssertionError("no VmRSS")
-
-
-def _pids_with(marker: str) -> list[int]:
-    found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/cmdline", "rb") as fh:
-                if marker.encode() in fh.read():
-                    found.append(int(name))
-        except OSError:
-            continue
-    return found
 
 
 @pytest.fixture
@@ -343,10 +330,10 @@ async def _assert_daemon_dies() -> None:
     assert time.monotonic() - started < 5
     # SIGKILL is sent before the run returns; allow a moment for the reaping.
     for _ in range(40):
-        if not _pids_with(marker):
+        if not pids_with(marker):
             break
         await asyncio.sleep(0.05)
-    assert _pids_with(marker) == []
+    assert pids_with(marker) == []
 
 
 async def test_daemon_does_not_outlive_run() -> None:
