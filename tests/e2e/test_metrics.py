@@ -9,6 +9,7 @@ import pytest
 
 from sandmesh import client
 from sandmesh.execution.v1 import execution_pb2
+from sandmesh.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from sandmesh_devstack.mesh import SERVICES, Mesh
 from tests.helpers.servers import Servers
 
@@ -43,10 +44,22 @@ def test_each_service_answers_in_prometheus_text_format(mesh: Mesh, service: str
 async def test_counters_move_when_an_execution_runs(mesh: Mesh, servers: Servers) -> None:
     before = {service: scrape(mesh, service) for service in ("gateway", "scheduler", "executor")}
     async with client.connect(mesh.services["gateway"].target, servers.api_key) as channel:
-        result = await client.run(
-            channel, execution_pb2.ExecutionRequest(language="python3", source="print(1)")
+        gateway = gateway_pb2_grpc.GatewayServiceStub(channel)
+        submitted_execution = await gateway.SubmitExecution(
+            gateway_pb2.SubmitExecutionRequest(
+                request=execution_pb2.ExecutionRequest(language="python3", source="print(1)")
+            ),
+            timeout=10,
         )
-    assert result.status == execution_pb2.EXECUTION_STATUS_COMPLETED
+        # Read to the stream's end: the server counts a stream once its handler has returned.
+        events = [
+            response.event
+            async for response in gateway.WatchExecution(
+                gateway_pb2.WatchExecutionRequest(execution_id=submitted_execution.execution.id),
+                timeout=60,
+            )
+        ]
+    assert events[-1].result.status == execution_pb2.EXECUTION_STATUS_COMPLETED
     after = {service: scrape(mesh, service) for service in before}
 
     def moved(service: str, series: str) -> float:
