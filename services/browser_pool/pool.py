@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import re
 import shutil
 import tempfile
 import time
@@ -23,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from playwright.async_api import BrowserContext, Playwright, WebSocketRoute, async_playwright
+from playwright.async_api import BrowserContext, Playwright, async_playwright
 from playwright.async_api import Error as PlaywrightError
 
 from sandmesh_runtime import deadlines
@@ -40,7 +39,6 @@ RETRY_AFTER_S = 1.0
 PING_MISSES = 2
 # A live driver answers in milliseconds; one that does not within this is presumed dead.
 DRIVER_PROBE_S = 3.0
-ANY_URL = re.compile(".*")
 
 
 class Refused(Exception):
@@ -109,6 +107,8 @@ class Pool:
         self._cpu = procs.CpuMeter()
         self._pressure = Pressure(0, None, None)
         self._dir = Path(tempfile.mkdtemp(prefix="sandmesh-pool-", dir=settings.work_dir or None))
+        # Browsers run as other uids: they may pass through to their own dirs, not list them.
+        self._dir.chmod(0o711)
 
     # ---- lifecycle
 
@@ -235,8 +235,6 @@ class Pool:
         if self._stopping:
             await browser.destroy()
             return
-        assert browser.devtools is not None
-        self.policy.reserved.add(browser.devtools)
         self.browsers.append(browser)
         watcher = asyncio.create_task(self._on_exit(browser), name=f"chromium-{browser.id}")
         self._closers.add(watcher)
@@ -277,7 +275,6 @@ class Pool:
                 ),
             )
             try:
-                await self.guarded(browser, context.route_web_socket(ANY_URL, self._gate_socket))
                 yield Job(context, browser)
             finally:
                 try:
@@ -295,14 +292,6 @@ class Pool:
             raise
         finally:
             self._release(browser)
-
-    async def _gate_socket(self, socket: WebSocketRoute) -> None:
-        reason = await self.policy.check(socket.url)
-        if reason is None:
-            socket.connect_to_server()
-        else:
-            log.info("websocket denied", extra={"url": socket.url[:200], "reason": reason})
-            await socket.close(code=1008, reason="denied by URL policy")
 
     async def guarded(self, browser: Chromium, work: Awaitable[T]) -> T:
         """`work`, abandoned the moment its browser dies.
@@ -355,8 +344,6 @@ class Pool:
         try:
             await browser.destroy()
         finally:
-            if browser.devtools is not None:
-                self.policy.reserved.discard(browser.devtools)
             if browser in self.browsers:
                 self.browsers.remove(browser)
             procs.reap_orphans(self._own_children())
