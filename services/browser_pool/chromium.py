@@ -95,6 +95,7 @@ class Chromium:
         executable: str,
         policy: UrlPolicy,
         timeout: float,
+        js_heap_mb: int,
     ) -> None:
         profile = self.dir / "profile"
         profile.mkdir(parents=True)
@@ -105,6 +106,8 @@ class Chromium:
                 os.chown(owned, self.uid, self.uid)
         args = [
             *FLAGS,
+            # A page's JavaScript heap ends at its share; the pool watches the rest (RSS).
+            f"--js-flags=--max-old-space-size={js_heap_mb}",
             f"--user-data-dir={profile}",
             "about:blank",
         ]
@@ -209,6 +212,10 @@ class Chromium:
 
     def memory_bytes(self) -> int:
         return 0 if self.pid is None else procs.group_memory_bytes(self.pid)
+
+    def renderers(self) -> list[int]:
+        """Pids of this browser's renderer processes (one per site and browser context)."""
+        return [] if self.pid is None else procs.group_members(self.pid, "--type=renderer")
 
     async def destroy(self) -> None:
         """Stop the process tree (politely, then not), reap it, delete its directory."""

@@ -112,6 +112,11 @@ async def _run(pool: Pool, spec: PageSpec, action: Callable[[Page], Awaitable[T]
         except PlaywrightError as exc:
             if job.browser.exited.is_set() or "closed" in exc.message:
                 raise  # the pool tells a dead browser from a page error
+            if "Target crashed" in exc.message:
+                raise PageFailed(
+                    "the page crashed or was killed: a page gets at most "
+                    f"{pool.settings.max_page_memory_mb} MB of memory"
+                ) from None
             raise PageFailed(exc.message.splitlines()[0]) from None
 
 

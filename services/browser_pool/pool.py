@@ -39,6 +39,12 @@ RETRY_AFTER_S = 1.0
 PING_MISSES = 2
 # A live driver answers in milliseconds; one that does not within this is presumed dead.
 DRIVER_PROBE_S = 3.0
+# Closing a context ends its renderers in milliseconds, even one spinning in JavaScript; a
+# browser that takes longer is not trusted to.
+CONTEXT_CLOSE_S = 1.0
+# How often renderers' memory is read: a page can grow by its allocation rate times this
+# past its share before it is killed.
+RENDERER_WATCH_S = 0.25
 
 
 class Refused(Exception):
@@ -116,6 +122,7 @@ class Pool:
         if not procs.become_subreaper():
             log.warning("cannot become a child subreaper; orphaned helpers go to init")
         self._tasks.supervise("browser-pool-monitor", self._monitor)
+        self._tasks.supervise("browser-pool-renderers", self._watch_renderers)
 
     async def stop(self) -> None:
         self._stopping = True
@@ -221,6 +228,7 @@ class Pool:
                 self.settings.chromium_path,
                 self.policy,
                 self.settings.launch_timeout_s,
+                self.settings.max_page_memory_mb,
             )
         except Exception as exc:
             log.error(
@@ -266,6 +274,7 @@ class Pool:
         """A page slot with a fresh browser context, closed whatever happens."""
         browser = await self._acquire()
         browser.jobs += 1
+        context: BrowserContext | None = None
         try:
             assert browser.browser is not None
             context = await self.guarded(
@@ -274,22 +283,36 @@ class Pool:
                     service_workers="block", accept_downloads=False, **context_options
                 ),
             )
-            try:
-                yield Job(context, browser)
-            finally:
-                try:
-                    if not browser.exited.is_set():
-                        async with asyncio.timeout(5.0):
-                            await context.close()
-                except Exception:
-                    # A context that will not close taints its browser: replace it.
-                    self._retire(browser, "a context failed to close")
+            yield Job(context, browser)
         except PlaywrightError as exc:
             if await self.died(browser):
                 raise BrowserCrashed(
                     "the browser running this job crashed; it is being replaced"
                 ) from exc
             raise
+        finally:
+            # The end of a job must not depend on its call: a cancelled or timed-out call
+            # would otherwise leave its page running (an endless script keeps a core busy).
+            end = asyncio.create_task(self._end_job(browser, context), name="job-end")
+            self._closers.add(end)
+            end.add_done_callback(self._closers.discard)
+            await asyncio.shield(end)
+
+    async def _end_job(self, browser: Chromium, context: BrowserContext | None) -> None:
+        try:
+            if context is not None and not browser.exited.is_set():
+                async with asyncio.timeout(CONTEXT_CLOSE_S):
+                    await context.close()
+        except Exception:
+            # Which renderer was the job's cannot be asked of a browser that will not close
+            # a context: stop them all now, and replace the browser.
+            killed = browser.renderers()
+            procs.kill_all(killed)
+            log.warning(
+                "a context did not close; its browser's renderers were killed",
+                extra={"browser": browser.id, "renderers": killed},
+            )
+            self._retire(browser, "a context failed to close")
         finally:
             self._release(browser)
 
@@ -396,6 +419,21 @@ class Pool:
             ):
                 self._retire(browser, "idle")
                 idle_spare = False
+
+    async def _watch_renderers(self) -> None:
+        """Kill any renderer over its memory share: the page fails, its browser stays."""
+        limit = self.settings.max_page_memory_mb << 20
+        while True:
+            for browser in [b for b in self.browsers if b.ready]:
+                for pid in await asyncio.to_thread(browser.renderers):
+                    memory = procs.memory_bytes(pid)
+                    if memory > limit:
+                        procs.kill_all([pid])
+                        log.warning(
+                            "renderer over its memory share killed",
+                            extra={"browser": browser.id, "pid": pid, "memory": memory},
+                        )
+            await asyncio.sleep(RENDERER_WATCH_S)
 
     def _measure(self) -> None:
         reading = self._cgroup.read()

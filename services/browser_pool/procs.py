@@ -69,6 +69,13 @@ def pids_mentioning(marker: str) -> list[int]:
     return [p.pid for p in all_procs() if p.state != "Z" and marker in cmdline(p.pid)]
 
 
+def group_members(pgid: int, marker: str) -> list[int]:
+    """Live processes of process group `pgid` whose command line contains `marker`."""
+    return [
+        p.pid for p in all_procs() if p.pgid == pgid and p.state != "Z" and marker in cmdline(p.pid)
+    ]
+
+
 def kill_all(pids: list[int]) -> None:
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):

@@ -124,6 +124,7 @@ PAGES_PER_BROWSER = 2
 QUEUE_SIZE = 2
 RECYCLE_AFTER_JOBS = 100
 MAX_BROWSER_MEMORY_MB = 768
+MAX_PAGE_MEMORY_MB = 256
 IDLE_RETIRE_S = 3  # the second browser goes soon after a burst, back to the one-browser baseline
 
 
@@ -266,6 +267,7 @@ def pool_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PoolProce
         SANDMESH_BROWSER_POOL_PING_INTERVAL_S="0.5",
         SANDMESH_BROWSER_POOL_PING_TIMEOUT_S="2",
         SANDMESH_BROWSER_POOL_IDLE_RETIRE_S=str(IDLE_RETIRE_S),
+        SANDMESH_BROWSER_POOL_MAX_PAGE_MEMORY_MB=str(MAX_PAGE_MEMORY_MB),
         # Addresses the pool holds and its browsers must never see.
         DATABASE_URL="postgresql://sandmesh:secret@127.0.0.1:5432/sandmesh",
         NATS_URL="nats://127.0.0.1:4222",
