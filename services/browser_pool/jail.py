@@ -5,7 +5,7 @@ Layers, outermost first:
 * `setpriv`: killed with the pool (`--pdeathsig KILL`) and, when the pool runs as root, a
   random unprivileged host uid and gid of its own with no supplementary groups;
 * bubblewrap: new user, pid, network, ipc, uts and cgroup namespaces; a read-only `/usr`
-  and the few `/etc` files Chromium reads; a fresh `/proc`, `/dev` and `/tmp`; the
+  and the few other system files Chromium reads; a fresh `/proc`, `/dev` and `/tmp`; the
   browser's private dir (profile, HOME, TMPDIR) the only writable host path;
 * `jail_init.py`, which hands the pool the namespace's proxy listener and a socket to reach
   DevTools by (see there), then execs Chromium.
@@ -31,14 +31,16 @@ _UID_BASE = 0x7000_0000
 _UID_SPAN = 0x0FFE_0000
 _uids_in_use: set[int] = set()
 
-# What Chromium reads under /etc: fonts, the loader cache, Debian's launcher settings.
-_ETC = (
+# What Chromium reads outside /usr: fonts and their cache (without it every new browser
+# spends seconds indexing fonts), the loader cache, Debian's launcher settings.
+_SYSTEM_FILES = (
     "/etc/alternatives",
     "/etc/chromium",
     "/etc/chromium.d",
     "/etc/fonts",
     "/etc/ld.so.cache",
     "/etc/ssl/certs",
+    "/var/cache/fontconfig",
 )
 _INIT = Path(__file__).with_name("jail_init.py")
 _INIT_IN_JAIL = "/run/sandmesh/jail_init.py"
@@ -103,7 +105,7 @@ def command(
             binds += ["--symlink", os.readlink(top), top]
         elif os.path.isdir(top):
             binds += ["--ro-bind", top, top]
-    for name in _ETC:
+    for name in _SYSTEM_FILES:
         binds += ["--ro-bind-try", name, name]
     return [
         *prefix,
