@@ -49,6 +49,7 @@ FLAGS = (
     "--webrtc-ip-handling-policy=disable_non_proxied_udp",
 )
 TERM_GRACE_S = 2.0
+RENDERER = "--type=renderer"  # in a renderer's command line
 _ids = itertools.count(1)
 
 
@@ -79,6 +80,7 @@ class Chromium:
         self._policy: UrlPolicy | None = None
         self._relay: asyncio.Server | None = None
         self._into_jail: asyncio.StreamWriter | None = None
+        self._zygotes: list[int] = []
         self._tasks: set[asyncio.Task[None]] = set()
 
     @property
@@ -214,8 +216,22 @@ class Chromium:
         return 0 if self.pid is None else procs.group_memory_bytes(self.pid)
 
     def renderers(self) -> list[int]:
-        """Pids of this browser's renderer processes (one per site and browser context)."""
-        return [] if self.pid is None else procs.group_members(self.pid, "--type=renderer")
+        """Pids of this browser's renderer processes (one per site and browser context).
+
+        Renderers are forked by Chromium's zygotes, which live as long as the browser and
+        are single-threaded: once they are known, a look is a few small reads, not a scan
+        of every process.
+        """
+        if self.pid is None:
+            return []
+        if not self._zygotes:
+            self._zygotes = procs.group_members(self.pid, "--type=zygote")
+        return [
+            pid
+            for zygote in self._zygotes
+            for pid in procs.children(zygote)
+            if RENDERER in procs.cmdline(pid)
+        ]
 
     async def destroy(self) -> None:
         """Stop the process tree (politely, then not), reap it, delete its directory."""

@@ -114,8 +114,8 @@ async def _run(pool: Pool, spec: PageSpec, action: Callable[[Page], Awaitable[T]
                 raise  # the pool tells a dead browser from a page error
             if "Target crashed" in exc.message:
                 raise PageFailed(
-                    "the page crashed or was killed: a page gets at most "
-                    f"{pool.settings.max_page_memory_mb} MB of memory"
+                    "the page crashed or was killed (a page may use at most "
+                    f"{pool.settings.max_page_memory_mb} MB of memory)"
                 ) from None
             raise PageFailed(exc.message.splitlines()[0]) from None
 

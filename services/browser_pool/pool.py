@@ -40,8 +40,8 @@ PING_MISSES = 2
 # A live driver answers in milliseconds; one that does not within this is presumed dead.
 DRIVER_PROBE_S = 3.0
 # Closing a context ends its renderers in milliseconds, even one spinning in JavaScript; a
-# browser that takes longer is not trusted to.
-CONTEXT_CLOSE_S = 1.0
+# browser that takes this long (a loaded machine can take a second) is not trusted to.
+CONTEXT_CLOSE_S = 5.0
 # How often renderers' memory is read: a page can grow by its allocation rate times this
 # past its share before it is killed.
 RENDERER_WATCH_S = 0.25
@@ -424,15 +424,13 @@ class Pool:
         """Kill any renderer over its memory share: the page fails, its browser stays."""
         limit = self.settings.max_page_memory_mb << 20
         while True:
-            for browser in [b for b in self.browsers if b.ready]:
-                for pid in await asyncio.to_thread(browser.renderers):
-                    memory = procs.memory_bytes(pid)
-                    if memory > limit:
-                        procs.kill_all([pid])
-                        log.warning(
-                            "renderer over its memory share killed",
-                            extra={"browser": browser.id, "pid": pid, "memory": memory},
-                        )
+            busy = [b for b in self.browsers if b.ready and b.pages]
+            for browser, pid, memory in await asyncio.to_thread(_oversized, busy, limit):
+                procs.kill_all([pid])
+                log.warning(
+                    "renderer over its memory share killed",
+                    extra={"browser": browser.id, "pid": pid, "memory": memory},
+                )
             await asyncio.sleep(RENDERER_WATCH_S)
 
     def _measure(self) -> None:
@@ -469,6 +467,17 @@ class Pool:
             crashes=self.crashes,
             memory_bytes=self._pressure.memory_bytes,
         )
+
+
+def _oversized(browsers: list[Chromium], limit: int) -> list[tuple[Chromium, int, int]]:
+    """(browser, pid, resident memory) of each renderer of these browsers over `limit`."""
+    found = []
+    for browser in browsers:
+        for pid in browser.renderers():
+            memory = procs.rss_bytes(pid)
+            if memory > limit:
+                found.append((browser, pid, memory))
+    return found
 
 
 async def _answers(playwright: Playwright) -> bool:

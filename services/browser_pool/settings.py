@@ -24,7 +24,7 @@ class BrowserPoolSettings:
     max_page_memory_mb: int = env(
         f"{_P}MAX_PAGE_MEMORY_MB",
         512,
-        "a renderer's memory (PSS) and JavaScript heap at most: past it the page is killed",
+        "a renderer's resident memory and JavaScript heap at most: past it the page is killed",
     )
     max_memory_percent: float = env(
         f"{_P}MAX_MEMORY_PERCENT", 90.0, "cgroup memory use (of its limit) that refuses jobs"
