@@ -304,15 +304,16 @@ class Pool:
                 async with asyncio.timeout(CONTEXT_CLOSE_S):
                     await context.close()
         except Exception:
-            # Which renderer was the job's cannot be asked of a browser that will not close
-            # a context: stop them all now, and replace the browser.
-            killed = browser.renderers()
-            procs.kill_all(killed)
-            log.warning(
-                "a context did not close; its browser's renderers were killed",
-                extra={"browser": browser.id, "renderers": killed},
-            )
-            self._retire(browser, "a context failed to close")
+            if not browser.exited.is_set():  # a dead browser is being replaced already
+                # Which renderer was the job's cannot be asked of a browser that will not
+                # close a context: stop them all now, and replace the browser.
+                killed = browser.renderers()
+                procs.kill_all(killed)
+                log.warning(
+                    "a context did not close; its browser's renderers were killed",
+                    extra={"browser": browser.id, "renderers": killed},
+                )
+                self._retire(browser, "a context failed to close")
         finally:
             self._release(browser)
 
