@@ -71,15 +71,8 @@ def _budget(pool: Pool) -> float:
 
 async def _open(job: Job, spec: PageSpec, budget: float) -> Page:
     page = await job.context.new_page()
-    blocked: list[str] = []
-    page.on(
-        "requestfailed",
-        lambda request: (
-            blocked.append(request.url)
-            if "ERR_BLOCKED_BY_CLIENT" in (request.failure or "")
-            else None
-        ),
-    )
+    failed: list[str] = []
+    page.on("requestfailed", lambda request: failed.append(request.url))
     page.set_default_timeout(budget * 1000)
     page.set_default_navigation_timeout(budget * 1000)
     wait_until: Literal["load", "networkidle"] = (
@@ -87,12 +80,12 @@ async def _open(job: Job, spec: PageSpec, budget: float) -> Page:
     )
     try:
         await page.goto(spec.url, wait_until=wait_until)
-    except PlaywrightError as exc:
-        if "ERR_BLOCKED_BY_CLIENT" in exc.message:
-            # The hop that was blocked may be a redirect target, not the URL asked for.
-            url = blocked[-1] if blocked else spec.url
-            why = job.browser.denied.get(url, "denied")
-            raise PolicyDenied(f"navigation denied by URL policy: {url}: {why}") from None
+    except PlaywrightError:
+        # The hop the proxy refused may be a redirect target, not the URL asked for.
+        for url in [*reversed(failed), spec.url]:
+            why = job.browser.denial(url)
+            if why is not None:
+                raise PolicyDenied(f"navigation denied by URL policy: {url}: {why}") from None
         raise
     if spec.wait_for is WaitFor.SELECTOR:
         await page.wait_for_selector(spec.selector)
@@ -122,6 +115,11 @@ async def _run(pool: Pool, spec: PageSpec, action: Callable[[Page], Awaitable[T]
         except PlaywrightError as exc:
             if job.browser.exited.is_set() or "closed" in exc.message:
                 raise  # the pool tells a dead browser from a page error
+            if "Target crashed" in exc.message:
+                raise PageFailed(
+                    "the page crashed or was killed (a page may use at most "
+                    f"{pool.settings.max_page_memory_mb} MB of memory)"
+                ) from None
             raise PageFailed(exc.message.splitlines()[0]) from None
 
 

@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import re
 import shutil
 import tempfile
 import time
@@ -23,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from playwright.async_api import BrowserContext, Playwright, WebSocketRoute, async_playwright
+from playwright.async_api import BrowserContext, Playwright, async_playwright
 from playwright.async_api import Error as PlaywrightError
 
 from sandmesh_runtime import deadlines, errors
@@ -40,7 +39,12 @@ RETRY_AFTER_S = 1.0
 PING_MISSES = 2
 # A live driver answers in milliseconds; one that does not within this is presumed dead.
 DRIVER_PROBE_S = 3.0
-ANY_URL = re.compile(".*")
+# Closing a context ends its renderers in milliseconds, even one spinning in JavaScript; a
+# browser that takes this long (a loaded machine can take a second) is not trusted to.
+CONTEXT_CLOSE_S = 5.0
+# How often renderers' memory is read: a page can grow by its allocation rate times this
+# past its share before it is killed.
+RENDERER_WATCH_S = 0.25
 
 
 class Refused(errors.ResourceExhausted):
@@ -108,6 +112,8 @@ class Pool:
         self._cpu = procs.CpuMeter()
         self._pressure = Pressure(0, None, None)
         self._dir = Path(tempfile.mkdtemp(prefix="sandmesh-pool-", dir=settings.work_dir or None))
+        # Browsers run as other uids: they may pass through to their own dirs, not list them.
+        self._dir.chmod(0o711)
 
     # ---- lifecycle
 
@@ -115,6 +121,7 @@ class Pool:
         if not procs.become_subreaper():
             log.warning("cannot become a child subreaper; orphaned helpers go to init")
         self._tasks.supervise("browser-pool-monitor", self._monitor)
+        self._tasks.supervise("browser-pool-renderers", self._watch_renderers)
 
     async def stop(self) -> None:
         self._stopping = True
@@ -220,6 +227,7 @@ class Pool:
                 self.settings.chromium_path,
                 self.policy,
                 self.settings.launch_timeout_s,
+                self.settings.max_page_memory_mb,
             )
         except Exception as exc:
             log.error(
@@ -234,8 +242,6 @@ class Pool:
         if self._stopping:
             await browser.destroy()
             return
-        assert browser.devtools is not None
-        self.policy.reserved.add(browser.devtools)
         self.browsers.append(browser)
         watcher = asyncio.create_task(self._on_exit(browser), name=f"chromium-{browser.id}")
         self._closers.add(watcher)
@@ -267,6 +273,7 @@ class Pool:
         """A page slot with a fresh browser context, closed whatever happens."""
         browser = await self._acquire()
         browser.jobs += 1
+        context: BrowserContext | None = None
         try:
             assert browser.browser is not None
             context = await self.guarded(
@@ -275,17 +282,7 @@ class Pool:
                     service_workers="block", accept_downloads=False, **context_options
                 ),
             )
-            try:
-                await self.guarded(browser, context.route_web_socket(ANY_URL, self._gate_socket))
-                yield Job(context, browser)
-            finally:
-                try:
-                    if not browser.exited.is_set():
-                        async with asyncio.timeout(5.0):
-                            await context.close()
-                except Exception:
-                    # A context that will not close taints its browser: replace it.
-                    self._retire(browser, "a context failed to close")
+            yield Job(context, browser)
         except PlaywrightError as exc:
             if await self.died(browser):
                 raise BrowserCrashed(
@@ -293,15 +290,31 @@ class Pool:
                 ) from exc
             raise
         finally:
-            self._release(browser)
+            # The end of a job must not depend on its call: a cancelled or timed-out call
+            # would otherwise leave its page running (an endless script keeps a core busy).
+            end = asyncio.create_task(self._end_job(browser, context), name="job-end")
+            self._closers.add(end)
+            end.add_done_callback(self._closers.discard)
+            await asyncio.shield(end)
 
-    async def _gate_socket(self, socket: WebSocketRoute) -> None:
-        reason = await self.policy.check(socket.url)
-        if reason is None:
-            socket.connect_to_server()
-        else:
-            log.info("websocket denied", extra={"url": socket.url[:200], "reason": reason})
-            await socket.close(code=1008, reason="denied by URL policy")
+    async def _end_job(self, browser: Chromium, context: BrowserContext | None) -> None:
+        try:
+            if context is not None and not browser.exited.is_set():
+                async with asyncio.timeout(CONTEXT_CLOSE_S):
+                    await context.close()
+        except Exception:
+            if not browser.exited.is_set():  # a dead browser is being replaced already
+                # Which renderer was the job's cannot be asked of a browser that will not
+                # close a context: stop them all now, and replace the browser.
+                killed = browser.renderers()
+                procs.kill_all(killed)
+                log.warning(
+                    "a context did not close; its browser's renderers were killed",
+                    extra={"browser": browser.id, "renderers": killed},
+                )
+                self._retire(browser, "a context failed to close")
+        finally:
+            self._release(browser)
 
     async def guarded(self, browser: Chromium, work: Awaitable[T]) -> T:
         """`work`, abandoned the moment its browser dies.
@@ -354,8 +367,6 @@ class Pool:
         try:
             await browser.destroy()
         finally:
-            if browser.devtools is not None:
-                self.policy.reserved.discard(browser.devtools)
             if browser in self.browsers:
                 self.browsers.remove(browser)
             procs.reap_orphans(self._own_children())
@@ -409,6 +420,19 @@ class Pool:
                 self._retire(browser, "idle")
                 idle_spare = False
 
+    async def _watch_renderers(self) -> None:
+        """Kill any renderer over its memory share: the page fails, its browser stays."""
+        limit = self.settings.max_page_memory_mb << 20
+        while True:
+            busy = [b for b in self.browsers if b.ready and b.pages]
+            for browser, pid, memory in await asyncio.to_thread(_oversized, busy, limit):
+                procs.kill_all([pid])
+                log.warning(
+                    "renderer over its memory share killed",
+                    extra={"browser": browser.id, "pid": pid, "memory": memory},
+                )
+            await asyncio.sleep(RENDERER_WATCH_S)
+
     def _measure(self) -> None:
         reading = self._cgroup.read()
         memory = reading.memory_bytes
@@ -443,6 +467,17 @@ class Pool:
             crashes=self.crashes,
             memory_bytes=self._pressure.memory_bytes,
         )
+
+
+def _oversized(browsers: list[Chromium], limit: int) -> list[tuple[Chromium, int, int]]:
+    """(browser, pid, resident memory) of each renderer of these browsers over `limit`."""
+    found = []
+    for browser in browsers:
+        for pid in browser.renderers():
+            memory = procs.rss_bytes(pid)
+            if memory > limit:
+                found.append((browser, pid, memory))
+    return found
 
 
 async def _answers(playwright: Playwright) -> bool:

@@ -69,6 +69,23 @@ def pids_mentioning(marker: str) -> list[int]:
     return [p.pid for p in all_procs() if p.state != "Z" and marker in cmdline(p.pid)]
 
 
+def group_members(pgid: int, marker: str) -> list[int]:
+    """Live processes of process group `pgid` whose command line contains `marker`."""
+    return [
+        p.pid for p in all_procs() if p.pgid == pgid and p.state != "Z" and marker in cmdline(p.pid)
+    ]
+
+
+def children(pid: int) -> list[int]:
+    """Children forked by `pid`'s main thread: all of them for a single-threaded forker."""
+    try:
+        return [
+            int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        ]
+    except (OSError, ValueError):
+        return []
+
+
 def kill_all(pids: list[int]) -> None:
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
@@ -102,6 +119,14 @@ def memory_bytes(pid: int) -> int:
                 return int(line.split()[1]) * 1024
     except (OSError, ValueError):
         pass
+    try:
+        return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE_SIZE
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident set size: cheap to read, unlike PSS."""
     try:
         return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE_SIZE
     except (OSError, ValueError, IndexError):

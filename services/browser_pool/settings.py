@@ -21,6 +21,11 @@ class BrowserPoolSettings:
     max_browser_memory_mb: int = env(
         f"{_P}MAX_BROWSER_MEMORY_MB", 768, "process-tree memory (PSS) that retires a browser"
     )
+    max_page_memory_mb: int = env(
+        f"{_P}MAX_PAGE_MEMORY_MB",
+        512,
+        "a renderer's resident memory and JavaScript heap at most: past it the page is killed",
+    )
     max_memory_percent: float = env(
         f"{_P}MAX_MEMORY_PERCENT", 90.0, "cgroup memory use (of its limit) that refuses jobs"
     )

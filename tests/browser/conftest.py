@@ -1,11 +1,14 @@
 """A browser-pool process against real Chromium, and local page servers for it to load.
 
-`pages` (127.0.0.1) is allowlisted; `forbidden` (127.0.0.2, also loopback) is not, so every
-request that reaches it is an SSRF hole.
+`pages` (127.0.0.3) is allowlisted; `forbidden` (127.0.0.2, also loopback) is not, and
+neither is 127.0.0.1, where the host's own services listen: every connection that reaches
+either is an SSRF hole.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import threading
 import time
@@ -98,9 +101,12 @@ def _serve(host: str) -> PageServer:
     return page_server
 
 
+PAGES_HOST = "127.0.0.3"
+
+
 @pytest.fixture(scope="session")
 def pages() -> Iterator[PageServer]:
-    server = _serve("127.0.0.1")
+    server = _serve(PAGES_HOST)
     yield server
     server.server.shutdown()
 
@@ -118,12 +124,24 @@ PAGES_PER_BROWSER = 2
 QUEUE_SIZE = 2
 RECYCLE_AFTER_JOBS = 100
 MAX_BROWSER_MEMORY_MB = 768
+MAX_PAGE_MEMORY_MB = 256
 IDLE_RETIRE_S = 3  # the second browser goes soon after a burst, back to the one-browser baseline
 
 
 @dataclass(frozen=True)
 class PoolProcess:
     service: ServiceProcess
+    log: Path
+
+    def log_entries(self, message: str) -> list[dict[str, object]]:
+        """The pool's JSON log lines with this message."""
+        entries = []
+        for line in self.log.read_text().splitlines():
+            with contextlib.suppress(ValueError):
+                entry = json.loads(line)
+                if isinstance(entry, dict) and entry.get("message") == message:
+                    entries.append(entry)
+        return entries
 
     @property
     def pid(self) -> int:
@@ -144,16 +162,19 @@ class PoolProcess:
         The private dir holds the profile (`--user-data-dir`), HOME and TMPDIR.
         """
         found = []
-        for proc in procs():
-            if proc.ppid != self.pid or proc.state == "Z":
-                continue
-            args = cmdline(proc.pid)
-            if "--type=" in " ".join(args):
+        for pid in self.jailed():
+            args = cmdline(pid)
+            if not args or not args[0].endswith("/chromium") or "--type=" in " ".join(args):
                 continue
             for arg in args:
                 if arg.startswith("--user-data-dir="):
-                    found.append((proc.pid, str(Path(arg.split("=", 1)[1]).parent)))
+                    found.append((pid, str(Path(arg.split("=", 1)[1]).parent)))
         return found
+
+    def jailed(self) -> list[int]:
+        """Every live process the pool started for its browsers: jails and Chromium."""
+        drivers = {pid for driver in self.drivers() for pid in tree(driver)}
+        return [pid for pid in tree(self.pid) if pid != self.pid and pid not in drivers]
 
 
 @dataclass(frozen=True)
@@ -237,7 +258,7 @@ def pool_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PoolProce
         SANDMESH_HOST="127.0.0.1",
         SANDMESH_HEALTH_INTERVAL_S="0.3",
         SANDMESH_BROWSER_POOL_PORT=str(port),
-        SANDMESH_BROWSER_POOL_ALLOWLIST="127.0.0.1",
+        SANDMESH_BROWSER_POOL_ALLOWLIST=PAGES_HOST,
         SANDMESH_BROWSER_POOL_MAX_BROWSERS=str(MAX_BROWSERS),
         SANDMESH_BROWSER_POOL_PAGES_PER_BROWSER=str(PAGES_PER_BROWSER),
         SANDMESH_BROWSER_POOL_QUEUE_SIZE=str(QUEUE_SIZE),
@@ -246,6 +267,10 @@ def pool_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PoolProce
         SANDMESH_BROWSER_POOL_PING_INTERVAL_S="0.5",
         SANDMESH_BROWSER_POOL_PING_TIMEOUT_S="2",
         SANDMESH_BROWSER_POOL_IDLE_RETIRE_S=str(IDLE_RETIRE_S),
+        SANDMESH_BROWSER_POOL_MAX_PAGE_MEMORY_MB=str(MAX_PAGE_MEMORY_MB),
+        # Addresses the pool holds and its browsers must never see.
+        DATABASE_URL="postgresql://sandmesh:secret@127.0.0.1:5432/sandmesh",
+        NATS_URL="nats://127.0.0.1:4222",
         PYTHONUNBUFFERED="1",
     )
     log = tmp_path_factory.mktemp("pool") / "browser-pool.log"
@@ -261,7 +286,7 @@ def pool_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PoolProce
             f"browser pool ready; log: {log}",
         )
         assert service.exit_code() is None, log.read_text()
-        running = PoolProcess(service)
+        running = PoolProcess(service, log)
         yield running
         # Graceful stop: every browser closed, every private dir removed.
         dirs = [d for _, d in running.browsers()]

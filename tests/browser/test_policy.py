@@ -144,6 +144,22 @@ async def test_iframe_and_image_to_a_private_address_are_denied(
         ("intranet.example", "http://intranet.example/", True),
         ("", "ws://127.0.0.1:9/", False),
         ("", "wss://93.184.215.14/", True),
+        # IPv6 spellings of IPv4 addresses are judged by the IPv4 address they carry.
+        ("", "http://[::127.0.0.1]/", False),  # IPv4-compatible
+        ("", "http://[::ffff:127.0.0.1]/", False),  # IPv4-mapped
+        ("", "http://[::ffff:0:127.0.0.1]/", False),  # IPv4-translated (SIIT)
+        ("", "http://[64:ff9b::7f00:1]/", False),  # NAT64 well-known prefix
+        ("", "http://[64:ff9b::a9fe:a9fe]/", False),  # NAT64 to the metadata address
+        ("", "http://[64:ff9b:1::5db8:d70e]/", False),  # local-use NAT64
+        ("", "http://[2002:7f00:1::]/", False),  # 6to4
+        ("", "http://[2002:a00:1::1]/", False),  # 6to4 of 10.0.0.1
+        ("", "http://[2001:0:4136:e378:8000:63bf:80ff:fffe]/", False),  # Teredo
+        ("", "http://[2a00:1450::5efe:7f00:1]/", False),  # ISATAP
+        ("", "http://[64:ff9b::5db8:d70e]/", True),  # NAT64 of a public address
+        ("", "http://[2002:5db8:d70e::1]/", True),  # 6to4 of a public address
+        ("", "http://[2a00:1450:4001:80b::200e]/", True),
+        ("127.0.0.1", "http://[::ffff:127.0.0.1]/", True),  # the same address, allowlisted
+        ("127.0.0.1", "http://[::127.0.0.1]/", False),  # not the allowlisted address
     ],
 )
 async def test_policy_rules(allowlist: str, url: str, allowed: bool) -> None:

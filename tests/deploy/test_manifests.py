@@ -60,6 +60,8 @@ SERVICES: dict[str, tuple[str, tuple[type[Any], ...]]] = {
     "browser-pool": ("sandmesh-browser-pool", (BrowserPoolSettings,)),
 }
 COMMAND_TO_COMPONENT = {command: component for component, (command, _) in SERVICES.items()}
+# Components that run bubblewrap: the executor's sandboxes, the browser pool's jails.
+SANDBOXES = frozenset({"executor", "browser-pool"})
 EXTRA_ENV: dict[str, set[str]] = {
     "scheduler": set(),
     "executor": set(),
@@ -354,7 +356,7 @@ def test_every_container_is_non_root_read_only_and_bounded(objects: list[Object]
         assert "privileged" not in sc, name
         seccomp = sc.get("seccompProfile", pod_sc.get("seccompProfile"))
         assert pod_sc["seccompProfile"] == {"type": "RuntimeDefault"}, name
-        if workload["metadata"]["name"] != "executor":
+        if workload["metadata"]["name"] not in SANDBOXES:
             assert seccomp == {"type": "RuntimeDefault"}, name
             assert "procMount" not in sc and "appArmorProfile" not in sc, name
             assert "hostUsers" not in spec, name
@@ -366,8 +368,11 @@ def test_every_container_is_non_root_read_only_and_bounded(objects: list[Object]
     assert {*SERVICES, "nats", "sandmesh-migrate"} <= seen
 
 
-def test_executor_deviates_only_where_its_sandbox_needs_it(objects: list[Object]) -> None:
-    spec, container = service_container(objects, "executor")
+@pytest.mark.parametrize("component", sorted(SANDBOXES))
+def test_sandboxes_deviate_only_where_bubblewrap_needs_it(
+    objects: list[Object], component: str
+) -> None:
+    spec, container = service_container(objects, component)
     sc = container["securityContext"]
     # bwrap: user namespaces (blocked by RuntimeDefault seccomp without CAP_SYS_ADMIN), mount
     # (denied by the runtime's default AppArmor profile) and a fresh /proc (only on an
@@ -384,6 +389,10 @@ def test_executor_deviates_only_where_its_sandbox_needs_it(objects: list[Object]
         "seccompProfile",
         "appArmorProfile",
     }
+
+
+def test_executor_concurrency_follows_its_cpu_limit(objects: list[Object]) -> None:
+    _, container = service_container(objects, "executor")
     # os.cpu_count() is the node's: concurrency follows the CPU limit instead.
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["SANDMESH_EXECUTOR_CONCURRENCY"] == str(container["resources"]["limits"]["cpu"])

@@ -14,7 +14,6 @@ import contextlib
 import errno
 import os
 import resource
-import secrets
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
@@ -30,9 +29,6 @@ BWRAP_TASKS = 2
 
 # Random host uids for sandboxes started as root: above systemd's container
 # ranges and below its "foreign" range and 2**31.
-_RUN_UID_BASE = 0x7000_0000
-_RUN_UID_SPAN = 0x0FFE_0000
-_uids_in_use: set[int] = set()
 
 
 @dataclass(frozen=True)
@@ -60,23 +56,6 @@ DEFAULT_OPTIONS = SandboxOptions()
 
 
 # ------------------------------------------------------------------ host uids
-
-
-def pick_run_uid() -> int | None:
-    """A fresh unprivileged host uid for one sandbox (None unless we are root)."""
-    if os.geteuid() != 0:
-        return None
-    while True:
-        uid = _RUN_UID_BASE + secrets.randbelow(_RUN_UID_SPAN)
-        if uid not in _uids_in_use:
-            _uids_in_use.add(uid)
-            return uid
-
-
-def free_run_uid(uid: int | None) -> None:
-    """Give back a uid from ``pick_run_uid`` once nothing of its sandbox is left."""
-    if uid is not None:
-        _uids_in_use.discard(uid)
 
 
 # -------------------------------------------------------------------- rlimits

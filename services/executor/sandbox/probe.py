@@ -7,8 +7,9 @@ import logging
 import os
 import subprocess
 
+from sandmesh_runtime import uids
 from services.executor.sandbox import bwrap, cgroups, seccomp
-from services.executor.sandbox.launch import free_run_uid, launch_prefix, pick_run_uid, rlimits
+from services.executor.sandbox.launch import launch_prefix, rlimits
 from services.executor.sandbox.limits import SandboxLimits
 
 logger = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ def _probe_bwrap() -> bool:
     status_r, status_w = os.pipe()
     report_r, report_w = os.pipe()
     filter_fd = seccomp.filter_fd() if seccomp.supported() else None
-    run_uid = pick_run_uid()
+    run_uid = uids.pick()
     try:
         with bwrap.StagedFiles({}, limits) as staged:
             argv = bwrap.build_bwrap_argv(
@@ -64,7 +65,7 @@ def _probe_bwrap() -> bool:
             os.close(fd)
         if filter_fd is not None:
             os.close(filter_fd)
-        free_run_uid(run_uid)
+        uids.release(run_uid)
 
 
 def sandbox_layers() -> dict[str, bool]:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping, Sequence
 
+from sandmesh_runtime import uids
 from services.executor.sandbox import bwrap, cgroups
 from services.executor.sandbox.launch import (
     BWRAP_TASKS,
     DEFAULT_OPTIONS,
     SandboxOptions,
-    pick_run_uid,
     start_sandbox,
 )
 from services.executor.sandbox.limits import SandboxLimits
@@ -52,7 +52,7 @@ async def run_in_sandbox(
         cg = cgroups.create_run_cgroup(
             limits.memory_bytes, limits.max_processes + BWRAP_TASKS, limits.cpu_millicores
         )
-        run_uid = pick_run_uid()
+        run_uid = uids.pick()
         try:
             started = await start_sandbox(bwrap_path, argv, staged, limits, options, cg, run_uid)
             if isinstance(started, RunOutcome):

@@ -15,8 +15,9 @@ import signal
 import time
 from typing import Any
 
+from sandmesh_runtime import uids
 from services.executor.sandbox import cgroups, init, procfs
-from services.executor.sandbox.launch import Started, free_run_uid
+from services.executor.sandbox.launch import Started
 from services.executor.sandbox.limits import SandboxLimits
 from services.executor.sandbox.outcome import (
     Ending,
@@ -324,7 +325,7 @@ async def _cleanup(cg: cgroups.RunCgroup | None, run_uid: int | None) -> None:
         elif run_uid is not None:
             procfs.kill_uid(run_uid)
     finally:
-        free_run_uid(run_uid)
+        uids.release(run_uid)
 
 
 async def release(cg: cgroups.RunCgroup | None, run_uid: int | None) -> None:

@@ -27,6 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 # A module, not its names: verdicts imports this package in turn.
+from sandmesh_runtime import uids
 from services.executor import verdicts
 from services.executor.languages import LanguageSpec
 from services.executor.sandbox import bwrap, cgroups
@@ -34,7 +35,6 @@ from services.executor.sandbox.launch import (
     BWRAP_TASKS,
     SandboxOptions,
     Started,
-    pick_run_uid,
     rlimits_for,
     start_sandbox,
 )
@@ -207,7 +207,7 @@ async def start_warm(spec: LanguageSpec) -> WarmSandbox | None:
     cg = cgroups.create_run_cgroup(
         limits.memory_bytes, limits.max_processes + BWRAP_TASKS, limits.cpu_millicores
     )
-    run_uid = pick_run_uid()
+    run_uid = uids.pick()
     try:
         with staged:
             started = await start_sandbox(
