@@ -10,6 +10,7 @@ import logging
 import random
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 
 import nats.errors
 import nats.js.errors
@@ -110,30 +111,21 @@ class Ledger:
         self._running.pop(execution_id).set()
 
 
+@dataclass(eq=False)
 class Worker:
     """Runs jobs one at a time; the executor starts as many workers as it has slots."""
 
-    def __init__(
-        self,
-        queue: Queue,
-        registry: dict[str, LanguageSpec],
-        executor_id: str,
-        cancels: Cancellations,
-        pools: WarmPools,
-        ledger: Ledger,
-        report_timeout_s: float,
-    ) -> None:
-        self._queue = queue
-        self._report_timeout_s = report_timeout_s
-        self._registry = registry
-        self._executor_id = executor_id
-        self._cancels = cancels
-        self._pools = pools
-        self._ledger = ledger
-        self.running = 0
-        # When the job this worker holds was taken (monotonic), None while idle.
-        self.busy_since: float | None = None
-        self._draining = asyncio.Event()
+    queue: Queue
+    registry: dict[str, LanguageSpec]
+    executor_id: str
+    cancels: Cancellations
+    pools: WarmPools
+    ledger: Ledger
+    report_timeout_s: float
+    running: int = field(default=0, init=False)
+    # When the job this worker holds was taken (monotonic), None while idle.
+    busy_since: float | None = field(default=None, init=False)
+    _draining: asyncio.Event = field(default_factory=asyncio.Event, init=False)
 
     def drain(self) -> None:
         """Take no new job; the one running, if any, goes on to its end."""
@@ -141,7 +133,7 @@ class Worker:
 
     async def run(self) -> None:
         """Pull and run jobs until drained, lanes served by weight."""
-        js = await self._queue.ready()
+        js = await self.queue.ready()
         lanes = {
             lane: await js.pull_subscribe_bind(
                 durable=subjects.executor_consumer(lane), stream=subjects.JOBS_STREAM
@@ -184,7 +176,7 @@ class Worker:
             failure = queue_pb2.JobResult(
                 execution_id=execution_id,
                 attempt=msg.metadata.num_delivered or 1,
-                executor_id=self._executor_id,
+                executor_id=self.executor_id,
                 result=verdicts.system_error(f"the job could not be read: {exc}"),
             )
             with contextlib.suppress(Permanent, GaveUp):
@@ -206,23 +198,23 @@ class Worker:
                         await msg.ack_sync()
                     log.info("job skipped: already run", extra={"attempt": attempt})
                     return
-                self._ledger.start(job.execution_id)
+                self.ledger.start(job.execution_id)
                 reported = False
                 try:
                     reported = await self._run_and_report(js, msg, job, attempt)
                 finally:
-                    self._ledger.end(job.execution_id, reported)
+                    self.ledger.end(job.execution_id, reported)
         finally:
             execution_id_var.reset(token)
 
     async def _duplicate(self, js: JetStreamContext, msg: Msg, execution_id: str) -> bool:
         """Whether this delivery repeats a run already done (here or as the scheduler saw
         it); a repeat of a run still going on here waits for it, heartbeating."""
-        running = self._ledger.running(execution_id)
+        running = self.ledger.running(execution_id)
         if running is not None:
-            async with _heartbeat(msg, self._queue.settings.job_ack_wait_s):
+            async with _heartbeat(msg, self.queue.settings.job_ack_wait_s):
                 await running.wait()
-        return self._ledger.finished(execution_id) or await self._already_finished(
+        return self.ledger.finished(execution_id) or await self._already_finished(
             js, execution_id, redelivered=(msg.metadata.num_delivered or 1) > 1
         )
 
@@ -253,11 +245,11 @@ class Worker:
         job_result = queue_pb2.JobResult(
             execution_id=job.execution_id,
             attempt=attempt,
-            executor_id=self._executor_id,
+            executor_id=self.executor_id,
             result=result,
         )
         # The job stays ours while the result goes out; each step is bounded.
-        async with _heartbeat(msg, self._queue.settings.job_ack_wait_s):
+        async with _heartbeat(msg, self.queue.settings.job_ack_wait_s):
             try:
                 await self._report(js, job_result)
             except (GaveUp, Permanent) as exc:
@@ -294,7 +286,7 @@ class Worker:
                 status=execution_pb2.StatusChange(
                     status=execution_pb2.EXECUTION_STATUS_QUEUED,
                     attempt=attempt,
-                    executor_id=self._executor_id,
+                    executor_id=self.executor_id,
                     detail=error,
                 ),
             ),
@@ -307,7 +299,7 @@ class Worker:
         with SYSTEM_ERROR and says why; a passing one is retried until its step's bound,
         then GaveUp. A run is never thrown away for want of a connection (running it again
         would run it twice)."""
-        max_payload = self._queue.max_payload
+        max_payload = self.queue.max_payload
         wire, must_store = outputs.fit_result(job_result, outputs.message_budget(max_payload))
         result = job_result.result
         try:
@@ -316,7 +308,7 @@ class Worker:
                     lambda: outputs.store(
                         js, wire.result.output_ref, result.stdout, result.stderr, max_payload
                     ),
-                    until=time.monotonic() + self._report_timeout_s,
+                    until=time.monotonic() + self.report_timeout_s,
                     permanent=faults.permanent,
                     what="storing the output",
                 )
@@ -333,7 +325,7 @@ class Worker:
     async def _publish(self, js: JetStreamContext, job_result: queue_pb2.JobResult) -> None:
         await retry_until(
             lambda: messages.publish_result(js, job_result),
-            until=time.monotonic() + self._report_timeout_s,
+            until=time.monotonic() + self.report_timeout_s,
             permanent=faults.permanent,
             what="publishing the result",
         )
@@ -374,7 +366,7 @@ class Worker:
         self, js: JetStreamContext, job: queue_pb2.Job, attempt: int, msg: Msg
     ) -> tuple[execution_pb2.ExecutionResult, bool]:
         """The job's result, and whether a warm sandbox ran it."""
-        if self._cancels.cancelled(job.execution_id):
+        if self.cancels.cancelled(job.execution_id):
             return results.closed(
                 execution_pb2.EXECUTION_STATUS_CANCELLED, "cancelled before it started"
             ), False
@@ -383,7 +375,7 @@ class Worker:
             return results.closed(
                 execution_pb2.EXECUTION_STATUS_EXPIRED, "the deadline passed while queued"
             ), False
-        spec = self._registry.get(job.request.language)
+        spec = self.registry.get(job.request.language)
         if spec is None:
             return results.closed(
                 execution_pb2.EXECUTION_STATUS_REJECTED,
@@ -410,7 +402,7 @@ class Worker:
         deadline = job.deadline.ToMilliseconds() / 1000 if job.HasField("deadline") else None
 
         # Live chunks fit the server's max_payload, whatever the sandbox reads at once.
-        piece = outputs.chunk_bytes(self._queue.max_payload)
+        piece = outputs.chunk_bytes(self.queue.max_payload)
         written = dict.fromkeys(_STREAMS, 0)
 
         async def forward(stream: str, chunk: bytes) -> None:
@@ -428,7 +420,7 @@ class Worker:
                 written[stream] += len(data)
 
         # Registered before RUNNING is published, so a cancel arriving from then on is heard.
-        cancel = self._cancels.start(job.execution_id)
+        cancel = self.cancels.start(job.execution_id)
         self.running += 1
         try:
             await self._publish_quietly(
@@ -438,14 +430,14 @@ class Worker:
                     status=execution_pb2.StatusChange(
                         status=execution_pb2.EXECUTION_STATUS_RUNNING,
                         attempt=attempt,
-                        executor_id=self._executor_id,
+                        executor_id=self.executor_id,
                     ),
                 ),
             )
-            async with _heartbeat(msg, self._queue.settings.job_ack_wait_s):
+            async with _heartbeat(msg, self.queue.settings.job_ack_wait_s):
                 return await pipeline.execute(
-                    spec, job.request, limits, forward, cancel, self._pools, deadline
+                    spec, job.request, limits, forward, cancel, self.pools, deadline
                 )
         finally:
             self.running -= 1
-            self._cancels.finish(job.execution_id)
+            self.cancels.finish(job.execution_id)

@@ -6,6 +6,7 @@ key that cannot be verified (Postgres away) is refused, never waved through.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import contextvars
 import logging
@@ -63,6 +64,9 @@ class Authenticator:
     def __init__(self, store: TenantStore, disabled: bool) -> None:
         self._store = store
         self._disabled = disabled
+        # Lookups in flight by key: calls arriving together with one key share one query
+        # (500 watchers of a run make one, not 500), and none outlives its answer.
+        self._lookups: dict[str, asyncio.Future[Caller | None]] = {}
         if disabled:
             log.warning(
                 "AUTHENTICATION IS DISABLED: every caller acts as tenant 'default'."
@@ -78,13 +82,22 @@ class Authenticator:
                 "missing API key: send the metadata 'authorization: Bearer <key>'",
             )
         try:
-            caller = await self._store.caller(key, VERIFY_WAIT_S)
+            caller = await self._lookup(key)
         except Exception as exc:
             log.warning("cannot verify API keys; denying", extra={"error": str(exc)})
             raise errors.Unavailable("the API key cannot be verified now; denied") from exc
         if caller is None:
             raise errors.Unauthenticated("unknown or revoked API key")
         return caller
+
+    async def _lookup(self, key: str) -> Caller | None:
+        lookup = self._lookups.get(key)
+        if lookup is None:
+            lookup = asyncio.ensure_future(self._store.caller(key, VERIFY_WAIT_S))
+            self._lookups[key] = lookup
+            lookup.add_done_callback(lambda _: self._lookups.pop(key, None))
+        # Shielded: one caller going away must not cancel the answer the others wait for.
+        return await asyncio.shield(lookup)
 
     @contextlib.asynccontextmanager
     async def hook(

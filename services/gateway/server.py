@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, TypeAlias, TypeVar
 
 import grpc
@@ -45,27 +46,21 @@ def _in_seconds(seconds: float) -> float:
     return time.time() + seconds
 
 
+@dataclass(eq=False)
 class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
-    def __init__(
-        self,
-        scheduler: scheduler_pb2_grpc.SchedulerServiceAsyncStub,
-        browsers: browser_pb2_grpc.BrowserPoolServiceAsyncStub,
-        catalog: languages.LanguageCatalog,
-        quotas: Quotas,
-        sessions: SessionStore,
-        queue: Queue,
-        settings: GatewaySettings,
-    ) -> None:
-        self._scheduler = scheduler
-        self._browsers = browsers
-        self._languages = catalog
-        self._quotas = quotas
-        self._sessions = sessions
-        self._queue = queue
-        self._settings = settings
+    scheduler: scheduler_pb2_grpc.SchedulerServiceAsyncStub
+    browsers: browser_pb2_grpc.BrowserPoolServiceAsyncStub
+    catalog: languages.LanguageCatalog
+    quotas: Quotas
+    sessions: SessionStore
+    queue: Queue
+    settings: GatewaySettings
 
+    def __post_init__(self) -> None:
         def downstream(name: str) -> Downstream:
-            return Downstream(name, settings.breaker_cooldown_s, settings.downstream_timeout_s)
+            return Downstream(
+                name, self.settings.breaker_cooldown_s, self.settings.downstream_timeout_s
+            )
 
         self._to_scheduler = downstream("scheduler")
         self._to_executor = downstream("executor")
@@ -74,7 +69,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     # -- languages
 
     async def _catalog(self) -> dict[str, execution_pb2.Language]:
-        return await self._to_executor.call(lambda _: self._languages.all())
+        return await self._to_executor.call(lambda _: self.catalog.all())
 
     async def _language_problems(
         self, request: execution_pb2.ExecutionRequest, prefix: str
@@ -116,7 +111,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             tenant=auth.current().tenant, execution_id=execution_id
         )
         response = await self._to_scheduler.call(
-            lambda timeout: self._scheduler.GetExecution(request, timeout=timeout)
+            lambda timeout: self.scheduler.GetExecution(request, timeout=timeout)
         )
         return response.execution
 
@@ -126,8 +121,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         problems = validation.execution_request(
             request.request,
             f"{prefix}request",
-            self._settings.max_source_bytes,
-            self._settings.max_request_bytes,
+            self.settings.max_source_bytes,
+            self.settings.max_request_bytes,
         )
         problems += validation.idempotency_key(request.idempotency_key, prefix)
         if not problems:
@@ -153,10 +148,10 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         problems = await self._submission_problems(request, "")
         if problems:
             raise errors.InvalidArgument(problems)
-        await self._quotas.take()
+        await self.quotas.take()
         enqueue = self._enqueue_request(request, deadline_s, session_id)
         response = await self._to_scheduler.call(
-            lambda timeout: self._scheduler.Enqueue(enqueue, timeout=timeout)
+            lambda timeout: self.scheduler.Enqueue(enqueue, timeout=timeout)
         )
         if not session_id:
             auth.note_target(response.execution.id)
@@ -166,13 +161,13 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self, execution_id: str, after_sequence: int = 0
     ) -> AsyncIterator[execution_pb2.ExecutionEvent]:
         return events.follow(
-            self._queue, execution_id, after_sequence, lambda: self._get(execution_id)
+            self.queue, execution_id, after_sequence, lambda: self._get(execution_id)
         )
 
     async def SubmitExecution(
         self, request: gateway_pb2.SubmitExecutionRequest, context: Context
     ) -> gateway_pb2.SubmitExecutionResponse:
-        execution = await self._submit(request, _in_seconds(self._queue.settings.queue_ttl_s))
+        execution = await self._submit(request, _in_seconds(self.queue.settings.queue_ttl_s))
         return gateway_pb2.SubmitExecutionResponse(execution=execution)
 
     async def RunExecution(
@@ -197,14 +192,14 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self, request: gateway_pb2.SubmitBatchRequest, context: Context
     ) -> gateway_pb2.SubmitBatchResponse:
         validation.batch_size("items", len(request.items))
-        deadline_s = _in_seconds(self._queue.settings.queue_ttl_s)
+        deadline_s = _in_seconds(self.queue.settings.queue_ttl_s)
         results = []
         for index, item in enumerate(request.items):
             problems = await self._submission_problems(item, f"items[{index}].")
             if problems:
                 results.append(item_error(errors.InvalidArgument(problems)))
                 continue
-            wait_s = await self._quotas.wait()
+            wait_s = await self.quotas.wait()
             if wait_s > 0:
                 results.append(
                     item_error(
@@ -220,7 +215,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             enqueue = self._enqueue_request(item, deadline_s)
             results.append(
                 await self._to_scheduler.item(
-                    lambda timeout, enqueue=enqueue: self._scheduler.Enqueue(  # type: ignore[misc]
+                    lambda timeout, enqueue=enqueue: self.scheduler.Enqueue(  # type: ignore[misc]
                         enqueue, timeout=timeout
                     )
                 )
@@ -247,7 +242,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                 continue
             get = scheduler_pb2.GetExecutionRequest(tenant=tenant, execution_id=execution_id)
             item = await self._to_scheduler.item(
-                lambda timeout, get=get: self._scheduler.GetExecution(  # type: ignore[misc]
+                lambda timeout, get=get: self.scheduler.GetExecution(  # type: ignore[misc]
                     get, timeout=timeout
                 )
             )
@@ -300,7 +295,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                 yield gateway_pb2.ReadOutputResponse(offset=at, data=data)
             return
         pieces = outputs.read(
-            self._queue.js, result.output_ref, stream, request.offset, request.limit
+            self.queue.js, result.output_ref, stream, request.offset, request.limit
         )
         async for at, data in pieces:
             yield gateway_pb2.ReadOutputResponse(offset=at, data=data)
@@ -314,7 +309,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             tenant=auth.current().tenant, execution_id=request.execution_id
         )
         response = await self._to_scheduler.call(
-            lambda timeout: self._scheduler.CancelExecution(cancel, timeout=timeout)
+            lambda timeout: self.scheduler.CancelExecution(cancel, timeout=timeout)
         )
         return gateway_pb2.CancelExecutionResponse(execution=response.execution)
 
@@ -327,7 +322,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             tenant=auth.current().tenant, page_size=request.page_size, page_token=request.page_token
         )
         response = await self._to_scheduler.call(
-            lambda timeout: self._scheduler.ListDeadLetters(listing, timeout=timeout)
+            lambda timeout: self.scheduler.ListDeadLetters(listing, timeout=timeout)
         )
         return gateway_pb2.ListDeadLettersResponse(
             dead_letters=response.dead_letters, next_page_token=response.next_page_token
@@ -342,7 +337,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             tenant=auth.current().tenant, dead_letter_id=request.dead_letter_id
         )
         response = await self._to_scheduler.call(
-            lambda timeout: self._scheduler.ReplayDeadLetter(replay, timeout=timeout)
+            lambda timeout: self.scheduler.ReplayDeadLetter(replay, timeout=timeout)
         )
         return gateway_pb2.ReplayDeadLetterResponse(execution=response.execution)
 
@@ -350,7 +345,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
 
     async def _session(self, session_id: str) -> gateway_pb2.Session:
         _required(session_id=session_id)
-        session = await self._sessions.get(auth.current().tenant, session_id)
+        session = await self.sessions.get(auth.current().tenant, session_id)
         if session is None:
             raise errors.NotFound(f"session {session_id!r} not found")
         return session
@@ -359,7 +354,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self, request: gateway_pb2.CreateSessionRequest, context: Context
     ) -> gateway_pb2.CreateSessionResponse:
         problems = validation.session_source(
-            request.language, request.source, self._settings.max_source_bytes
+            request.language, request.source, self.settings.max_source_bytes
         )
         if not problems:
             problems = await self._language_problems(
@@ -367,7 +362,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             )
         if problems:
             raise errors.InvalidArgument(problems)
-        session = await self._sessions.create(
+        session = await self.sessions.create(
             auth.current().tenant, request.language, request.source
         )
         auth.note_target(session.id)
@@ -383,7 +378,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     ) -> gateway_pb2.UpdateSessionSourceResponse:
         auth.note_target(request.session_id)
         problems = validation.session_source(
-            "-", request.source, self._settings.max_source_bytes, allow_empty=True
+            "-", request.source, self.settings.max_source_bytes, allow_empty=True
         )
         if request.base_revision < 1:
             problems.append(
@@ -394,7 +389,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             )
         if problems:
             raise errors.InvalidArgument(problems)
-        session = await self._sessions.save(
+        session = await self.sessions.save(
             auth.current().tenant, request.session_id, request.source, request.base_revision
         )
         if session is None:
@@ -406,7 +401,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     ) -> gateway_pb2.CloseSessionResponse:
         auth.note_target(request.session_id)
         await self._session(request.session_id)
-        session = await self._sessions.close(auth.current().tenant, request.session_id)
+        session = await self.sessions.close(auth.current().tenant, request.session_id)
         assert session is not None
         return gateway_pb2.CloseSessionResponse(session=session)
 
@@ -421,7 +416,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             page_token=request.page_token,
         )
         response = await self._to_scheduler.call(
-            lambda timeout: self._scheduler.ListExecutions(listing, timeout=timeout)
+            lambda timeout: self.scheduler.ListExecutions(listing, timeout=timeout)
         )
         return gateway_pb2.ListSessionExecutionsResponse(
             executions=response.executions, next_page_token=response.next_page_token
@@ -434,7 +429,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         session = await self._session(request.session_id)
         if session.closed:
             raise errors.FailedPrecondition(f"session {session.id} is closed")
-        await self._quotas.take_session_run(session.id)
+        await self.quotas.take_session_run(session.id)
         submission = gateway_pb2.SubmitExecutionRequest(
             request=execution_pb2.ExecutionRequest(
                 language=session.language,
@@ -445,7 +440,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             )
         )
         execution = await self._submit(
-            submission, _in_seconds(self._queue.settings.queue_ttl_s), session.id
+            submission, _in_seconds(self.queue.settings.queue_ttl_s), session.id
         )
         return gateway_pb2.RunSessionResponse(execution=execution)
 
@@ -456,7 +451,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     ) -> T:
         """A browser job for the caller's tenant, under its quota and the pool's breaker."""
         _required(**{"page.url": page.url})
-        await self._quotas.take("browser")
+        await self.quotas.take("browser")
         page.tenant = auth.current().tenant
         return await self._to_browsers.call(call)
 
@@ -465,7 +460,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     ) -> gateway_pb2.ScreenshotResponse:
         job = request.screenshot
         response = await self._browser_job(
-            job.page, lambda timeout: self._browsers.Screenshot(job, timeout=timeout)
+            job.page, lambda timeout: self.browsers.Screenshot(job, timeout=timeout)
         )
         return gateway_pb2.ScreenshotResponse(screenshot=response)
 
@@ -474,7 +469,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     ) -> gateway_pb2.PdfResponse:
         job = request.pdf
         response = await self._browser_job(
-            job.page, lambda timeout: self._browsers.Pdf(job, timeout=timeout)
+            job.page, lambda timeout: self.browsers.Pdf(job, timeout=timeout)
         )
         return gateway_pb2.PdfResponse(pdf=response)
 
@@ -483,7 +478,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     ) -> gateway_pb2.GetContentResponse:
         job = request.content
         response = await self._browser_job(
-            job.page, lambda timeout: self._browsers.GetContent(job, timeout=timeout)
+            job.page, lambda timeout: self.browsers.GetContent(job, timeout=timeout)
         )
         return gateway_pb2.GetContentResponse(content=response)
 
@@ -492,6 +487,6 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     ) -> gateway_pb2.EvaluateResponse:
         job = request.evaluate
         response = await self._browser_job(
-            job.page, lambda timeout: self._browsers.Evaluate(job, timeout=timeout)
+            job.page, lambda timeout: self.browsers.Evaluate(job, timeout=timeout)
         )
         return gateway_pb2.EvaluateResponse(evaluate=response)
