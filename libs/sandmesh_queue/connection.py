@@ -36,8 +36,11 @@ class Queue:
 
     @property
     def max_payload(self) -> int:
-        """The largest message the server accepts, as its INFO says."""
-        return self.nc.max_payload
+        """The largest message the server accepts, as its INFO last said: known while the
+        connection is down too, so work in hand can size its messages and retry them."""
+        if self._nc is None:
+            raise ConnectionError(f"not connected to NATS at {self.url}")
+        return self._nc.max_payload
 
     async def ready(self) -> JetStreamContext:
         """Connect once (retrying until the server answers) and declare the streams.

@@ -7,6 +7,8 @@ import logging
 from collections.abc import Awaitable, Callable
 
 log = logging.getLogger("sandmesh.tasks")
+# How long a cancelled task may take to unwind before a stop goes on without it.
+CANCEL_WAIT_S = 5.0
 
 
 class TaskGroup:
@@ -47,10 +49,17 @@ class TaskGroup:
         self._tasks.add(task)
 
     async def stop(self, grace: float = 0.0) -> None:
-        """Give the tasks `grace` seconds to end by themselves, then cancel what is left."""
+        """Give the tasks `grace` seconds to end by themselves, then cancel what is left.
+
+        A cancelled task gets CANCEL_WAIT_S to unwind; one still running then (stuck in a
+        call that ignores cancellation) is logged and left, so a stop never hangs.
+        """
         if grace > 0 and self._tasks:
             await asyncio.wait(self._tasks, timeout=grace)
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._tasks:
+            _, stuck = await asyncio.wait(self._tasks, timeout=CANCEL_WAIT_S)
+            for task in stuck:
+                log.error("background task did not stop", extra={"task": task.get_name()})
         self._tasks.clear()
