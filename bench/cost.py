@@ -341,7 +341,7 @@ def run(stack: Stack, size: Size) -> Result:
         # The raw counters, less the statements' texts (their deltas are above).
         "readings": {
             label: {
-                "cpu_s": reading["cpu_s"],
+                "cpu_s": {name: round(v, 3) for name, v in reading["cpu_s"].items()},
                 "nats": reading["nats"],
                 "postgres": {k: v for k, v in reading["postgres"].items() if k != "statements"},
             }
