@@ -37,6 +37,8 @@ SETTLE_S = 2.0
 # Backends publish their transaction counters (pg_stat_database) when they go idle, at most
 # once a second: this long after a run, all of it shows.
 STATS_LAG_S = 1.5
+# An idle spell before the load (longer than STATS_LAG_S): what the mesh spends doing nothing.
+IDLE_S = {Size.FULL: 5.0, Size.TINY: 2.0}
 TOP_STATEMENTS = 10
 TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 GOAL_MESH_MS = 5.0
@@ -173,20 +175,29 @@ class _Held:
     done: int
     errors: int
     seconds: float
+    idle_start: dict[str, Any]
+    idle_s: float
     before: dict[str, Any]
     after: dict[str, Any]
 
 
 async def _hold(
-    target: str, window_s: float, loops: int, read: Callable[[], dict[str, Any]]
+    target: str,
+    window_s: float,
+    loops: int,
+    idle_s: float,
+    read: Callable[[], dict[str, Any]],
 ) -> _Held:
-    """`loops` clients start hello worlds until `window_s` has passed, then wait for the
-    last; `read()` right before the first start and right after the last finish."""
+    """`read()` before and after `idle_s` of nothing, then `loops` clients start hello
+    worlds until `window_s` has passed and wait for the last, and `read()` again."""
     done = errors = 0
     async with grpc.aio.insecure_channel(target) as channel:
         await run_hello(channel)  # connection set-up and first imports: not counted
-        await asyncio.sleep(STATS_LAG_S)  # nor the warm-up's transactions
+        idle_start = read()
+        idle_began = time.monotonic()
+        await asyncio.sleep(idle_s)  # longer than STATS_LAG_S: the warm-up's counters show
         before = read()
+        idle_s = time.monotonic() - idle_began
         began = time.monotonic()
         stop_at = began + window_s
 
@@ -201,7 +212,7 @@ async def _hold(
 
         await asyncio.gather(*(loop() for _ in range(loops)))
         seconds = time.monotonic() - began
-        return _Held(done, errors, seconds, before, read())
+        return _Held(done, errors, seconds, idle_start, idle_s, before, read())
 
 
 def _readings(mesh: Mesh, servers: MeshServers) -> dict[str, Any]:
@@ -222,8 +233,9 @@ def run(stack: Stack, size: Size) -> Result:
             "in_flight": IN_FLIGHT,
             "settle_s": SETTLE_S,
             "stats_lag_s": STATS_LAG_S,
+            "idle_s": IDLE_S[size],
         },
-        columns=["component", "measure", "per execution", "share of mesh CPU"],
+        columns=["component", "measure", "per execution", "share of mesh CPU", "idle, per s"],
     )
     with stack.mesh(NAME, track_statements=True) as mesh:
         servers = stack.servers[NAME]
@@ -234,6 +246,7 @@ def run(stack: Stack, size: Size) -> Result:
                 mesh.services["gateway"].target,
                 window,
                 IN_FLIGHT,
+                IDLE_S[size],
                 lambda: _readings(mesh, servers),
             )
         )
@@ -250,16 +263,30 @@ def run(stack: Stack, size: Size) -> Result:
     )
     result.errors = errors
     per = max(done, 1)
+    idle_cpu = {
+        name: round(
+            (before["cpu_s"][name] - held.idle_start["cpu_s"][name]) * 1000 / held.idle_s, 2
+        )
+        for name in before["cpu_s"]
+    }
+    idle_nats = {
+        key: round((before["nats"][key] - held.idle_start["nats"][key]) / held.idle_s, 2)
+        for key in before["nats"]
+    }
 
     cpu_ms = {
         name: (after["cpu_s"][name] - before["cpu_s"][name]) * 1000 / per for name in after["cpu_s"]
     }
     mesh_ms = sum(cpu_ms[name] for name in MESH)
+    idle_mesh = round(sum(idle_cpu[name] for name in MESH), 2)
     for name in MESH:
-        result.rows.append([name, "CPU ms", round(cpu_ms[name], 2), ratio(cpu_ms[name], mesh_ms)])
-    result.rows.append(["mesh total", "CPU ms", round(mesh_ms, 2), 1.0 if mesh_ms > 0 else None])
-    result.rows.append([PROGRAMS, "CPU ms", round(cpu_ms[PROGRAMS], 2), None])
-    result.rows.append([IDLE, "CPU ms", round(cpu_ms[IDLE], 2), None])
+        share = ratio(cpu_ms[name], mesh_ms)
+        result.rows.append([name, "CPU ms", round(cpu_ms[name], 2), share, idle_cpu[name]])
+    result.rows.append(
+        ["mesh total", "CPU ms", round(mesh_ms, 2), 1.0 if mesh_ms > 0 else None, idle_mesh]
+    )
+    result.rows.append([PROGRAMS, "CPU ms", round(cpu_ms[PROGRAMS], 2), None, idle_cpu[PROGRAMS]])
+    result.rows.append([IDLE, "CPU ms", round(cpu_ms[IDLE], 2), None, idle_cpu[IDLE]])
 
     transactions = sum(
         late[key] - before["postgres"][key] for key in ("xact_commit", "xact_rollback")
@@ -268,7 +295,18 @@ def run(stack: Stack, size: Size) -> Result:
     statements = None
     top: list[dict[str, Any]] = []
     idle: int | str = "uncounted"
+    idle_statements = None
     if servers.statements:
+        idle_statements = round(
+            sum(
+                d["calls"]
+                for d in _statement_deltas(
+                    held.idle_start["postgres"]["statements"], before["postgres"]["statements"]
+                )
+            )
+            / held.idle_s,
+            2,
+        )
         idle = sum(
             d["calls"]
             for d in _statement_deltas(after["postgres"]["statements"], late["statements"])
@@ -277,11 +315,23 @@ def run(stack: Stack, size: Size) -> Result:
         statements = sum(d["calls"] for d in top) / per
     kib = (nats["in_bytes"] + nats["out_bytes"]) / 1024
     result.rows += [
-        ["Postgres", "transactions", round(transactions / per, 2), None],
-        ["Postgres", "statements", None if statements is None else round(statements, 2), None],
-        ["NATS", "messages in", round(nats["in_msgs"], 2), None],
-        ["NATS", "messages out", round(nats["out_msgs"], 2), None],
-        ["NATS", "KiB in + out", round(kib, 2), None],
+        ["Postgres", "transactions", round(transactions / per, 2), None, None],
+        [
+            "Postgres",
+            "statements",
+            None if statements is None else round(statements, 2),
+            None,
+            idle_statements,
+        ],
+        ["NATS", "messages in", round(nats["in_msgs"], 2), None, idle_nats["in_msgs"]],
+        ["NATS", "messages out", round(nats["out_msgs"], 2), None, idle_nats["out_msgs"]],
+        [
+            "NATS",
+            "KiB in + out",
+            round(kib, 2),
+            None,
+            round((idle_nats["in_bytes"] + idle_nats["out_bytes"]) / 1024, 2),
+        ],
     ]
 
     result.ratios = [
@@ -300,6 +350,9 @@ def run(stack: Stack, size: Size) -> Result:
     result.notes += [
         f"{done:,} executions completed ({errors} errors) in {elapsed:.1f} s "
         f"({done / elapsed:.1f}/s); every figure is per completed execution",
+        f"idle, per s: the same counters over {held.idle_s:.1f} s with nothing submitted, just "
+        "before the load; divided by the executions per second it is the part of a "
+        "per-execution figure the mesh spends whether or not it runs anything",
         "CPU is utime+stime from /proc/<pid>/stat, all threads, read right before the first "
         "and after the last run. gateway, scheduler, NATS and Postgres (the postmaster and "
         "its backends) count their whole process trees, live processes plus the children "
@@ -339,13 +392,18 @@ def run(stack: Stack, size: Size) -> Result:
         ],
         "nats_per_execution": nats,
         # The raw counters, less the statements' texts (their deltas are above).
+        "idle_per_s": {"cpu_ms": idle_cpu, "nats": idle_nats, "statements": idle_statements},
         "readings": {
             label: {
                 "cpu_s": {name: round(v, 3) for name, v in reading["cpu_s"].items()},
                 "nats": reading["nats"],
                 "postgres": {k: v for k, v in reading["postgres"].items() if k != "statements"},
             }
-            for label, reading in (("before", before), ("after", after))
+            for label, reading in (
+                ("idle_start", held.idle_start),
+                ("before", before),
+                ("after", after),
+            )
         }
         | {"postgres_late": {k: v for k, v in late.items() if k != "statements"}},
     }
