@@ -10,7 +10,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import browser, jobqueue, latency, memory, submit, throughput
+from bench import browser, cost, jobqueue, latency, memory, submit, throughput
 from bench.common import (
     RESULTS_DIR,
     Result,
@@ -31,6 +31,7 @@ BENCHMARKS: dict[str, Callable[[Stack, Size], Result]] = {
     jobqueue.NAME: jobqueue.run,
     browser.NAME: browser.run,
     memory.NAME: memory.run,
+    cost.NAME: cost.run,
 }
 
 

@@ -29,11 +29,12 @@ from sandmesh_db import migrate
 from sandmesh_devstack.mesh import SERVICES, Mesh
 from sandmesh_devstack.nats import LocalNats
 from sandmesh_devstack.ports import free_ports
-from sandmesh_devstack.postgres import LocalPostgres
+from sandmesh_devstack.postgres import LocalPostgres, has_library
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 HELLO_SOURCE = 'print("Hello, world!")\n'
 SYSTEM_PYTHON = "/usr/bin/python3"
+STATEMENTS_LIBRARY = "pg_stat_statements"
 
 
 class Size(StrEnum):
@@ -216,6 +217,17 @@ def utc_now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+@dataclass
+class MeshServers:
+    """The servers under one mesh, for benchmarks that read their counters."""
+
+    nats: LocalNats
+    postgres: LocalPostgres
+    database: str
+    # pg_stat_statements tracks this database's statements (see Stack.mesh).
+    statements: bool
+
+
 class Stack:
     """Servers for the meshes of one run: one Postgres, a fresh database and NATS per mesh.
 
@@ -227,24 +239,59 @@ class Stack:
     def __init__(self) -> None:
         self.base = Path(tempfile.mkdtemp(prefix="sandmesh-bench-"))
         self._postgres: LocalPostgres | None = None
+        self._statements = False
         self._databases = 0
+        self.servers: dict[str, MeshServers] = {}
 
-    def _fresh_database(self) -> str:
+    def _start_postgres(self) -> LocalPostgres:
         if self._postgres is None:
-            self._postgres = LocalPostgres.start(self.base / "postgres")
+            settings = {}
+            # Loaded where the server ships it, but tracking nothing: only a database that
+            # asks for it (Stack.mesh's track_statements) pays for the bookkeeping.
+            self._statements = has_library(STATEMENTS_LIBRARY)
+            if self._statements:
+                settings = {
+                    "shared_preload_libraries": STATEMENTS_LIBRARY,
+                    "pg_stat_statements.track": "none",
+                }
+            self._postgres = LocalPostgres.start(self.base / "postgres", settings=settings)
+        return self._postgres
+
+    def _fresh_database(self, track_statements: bool) -> tuple[str, bool]:
+        """A new migrated database: its URL, and whether pg_stat_statements tracks it."""
+        postgres = self._start_postgres()
         self._databases += 1
         name = f"bench_{self._databases}"
-        admin = self._postgres.url
+        admin = postgres.url
+        tracked = False
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(f"CREATE DATABASE {name}")  # name is ours: no quoting needed
+            if track_statements and self._statements:
+                try:
+                    # The view is read from the admin database, so reading it is not counted.
+                    conn.execute(f"CREATE EXTENSION IF NOT EXISTS {STATEMENTS_LIBRARY}")
+                    conn.execute(f"ALTER DATABASE {name} SET pg_stat_statements.track = 'top'")
+                    tracked = True
+                except psycopg.Error:
+                    tracked = False  # the module without its SQL files: counters only
         url = admin.rsplit("/", 1)[0] + "/" + name
         asyncio.run(migrate.up(url))
-        return url
+        return url, tracked
 
     @contextlib.contextmanager
-    def mesh(self, label: str, extra_env: Mapping[str, str] | None = None) -> Iterator[Mesh]:
-        """The four services on free ports, ready; stopped (and their NATS too) on exit."""
-        database_url = self._fresh_database()
+    def mesh(
+        self,
+        label: str,
+        extra_env: Mapping[str, str] | None = None,
+        track_statements: bool = False,
+    ) -> Iterator[Mesh]:
+        """The four services on free ports, ready; stopped (and their NATS too) on exit.
+
+        While it runs, `servers[label]` holds its NATS, Postgres and database name; with
+        `track_statements`, pg_stat_statements counts its database's statements where the
+        server has the module (`servers[label].statements` says whether it does).
+        """
+        database_url, tracked = self._fresh_database(track_statements)
         nats = LocalNats.start(self.base / f"nats-{label}")
         env = {
             # The bench holds no API keys; auth is the gateway's own per-call cost, not
@@ -264,11 +311,15 @@ class Stack:
             ports=dict(zip(SERVICES, free_ports(len(SERVICES)), strict=True)),
             extra_env=env,
         )
+        self.servers[label] = MeshServers(
+            nats, self._start_postgres(), database_url.rsplit("/", 1)[1], tracked
+        )
         try:
             mesh.start()
             mesh.wait_ready(timeout=120)
             yield mesh
         finally:
+            del self.servers[label]
             # All at once: each waits out its own drain, and in order that adds up to ~8 s
             # per mesh, which nothing here measures.
             with ThreadPoolExecutor(len(mesh.services)) as pool:

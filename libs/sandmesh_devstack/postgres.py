@@ -37,13 +37,14 @@ import stat
 import subprocess
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
 from sandmesh_devstack.ports import free_port
 
-__all__ = ["LocalPostgres", "find_pg_bindir"]
+__all__ = ["LocalPostgres", "find_pg_bindir", "has_library"]
 
 _HOST = "127.0.0.1"
 _DATABASE = "sandmesh"
@@ -85,6 +86,16 @@ def find_pg_bindir() -> Path:
         "PostgreSQL server binaries (initdb, pg_ctl) not found on PATH or in "
         f"{_DEBIAN_PG_ROOT}/*/bin; on Debian/Ubuntu: apt-get install postgresql"
     )
+
+
+def has_library(name: str) -> bool:
+    """Whether the server found by :func:`find_pg_bindir` ships the loadable module ``name``
+    (e.g. ``pg_stat_statements``), in the ``lib`` directory beside its ``bin``."""
+    try:
+        bindir = find_pg_bindir()
+    except FileNotFoundError:
+        return False
+    return (bindir.parent / "lib" / f"{name}.so").is_file()
 
 
 def _is_bindir(bindir: Path) -> bool:
@@ -144,22 +155,28 @@ class LocalPostgres:
         bindir: Path,
         account: _Account | None,
         port: int,
+        settings: Mapping[str, str] | None = None,
     ) -> None:
         self._base_dir = base_dir
         self._home = home
         self._bindir = bindir
         self._account = account
         self._port = port
+        self._settings = dict(settings or {})
         self._socket_dir = home / "sock"
         self._own_socket_dir = False
 
     # -- construction -------------------------------------------------------------------
 
     @classmethod
-    def start(cls, base_dir: Path, port: int = 0) -> LocalPostgres:
+    def start(
+        cls, base_dir: Path, port: int = 0, settings: Mapping[str, str] | None = None
+    ) -> LocalPostgres:
         """Start (initialising if needed) a cluster for ``base_dir`` and create ``sandmesh``.
 
         ``port=0`` picks a free port (retrying with another one if it was taken meanwhile).
+        ``settings`` are extra server parameters (``-c name=value``), kept across
+        :meth:`restart`; e.g. ``{"shared_preload_libraries": "pg_stat_statements"}``.
         Returns once the server accepts connections.
         """
         base_dir = Path(base_dir).absolute()
@@ -167,7 +184,7 @@ class LocalPostgres:
         bindir = find_pg_bindir()
         account = _Account.lookup(_SYSTEM_USER) if os.geteuid() == 0 else None
         home = _prepare_home(base_dir, account)
-        pg = cls(base_dir, home, bindir, account, port)
+        pg = cls(base_dir, home, bindir, account, port, settings)
         running = pg.pid
         if running is not None:
             # Not ours to kill on failure below; e.g. a second `make up` on the same dir.
@@ -369,6 +386,11 @@ class LocalPostgres:
                 # with fsync=off a commit costs just a write() anyway.
                 "-c", "fsync=off",
                 "-c", "full_page_writes=off",
+                *(
+                    part
+                    for name, value in self._settings.items()
+                    for part in ("-c", shlex.quote(f"{name}={value}"))
+                ),
             ]
         )  # fmt: skip
         result = self._run(

@@ -17,6 +17,7 @@ import pytest
 from bench.__main__ import BENCHMARKS, main
 from bench.browser import PER_JOB, POOL, SHARED
 from bench.common import format_table, percentile
+from bench.cost import MESH, PROGRAMS
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -87,6 +88,25 @@ def test_figures_are_complete_and_error_free(
     rss = results["memory"]["data"]["rss_bytes"]
     assert set(rss["start"]) == {"gateway", "scheduler", "executor", "browser-pool"}
     assert all(figures["process"] > 0 for figures in rss["end"].values())
+
+    cost = results["cost"]
+    assert cost["errors"] == 0
+    figures = cost["data"]
+    assert figures["executions"] >= 1
+    cpu = figures["cpu_ms_per_execution"]
+    # Every service does work for every run; a zero means a process was not found.
+    for component in (*MESH, PROGRAMS):
+        assert cpu[component] > 0, (component, cpu)
+    assert figures["mesh_cpu_ms_per_execution"] == pytest.approx(
+        sum(cpu[c] for c in MESH), abs=0.01
+    )
+    assert figures["postgres_transactions_per_execution"] > 0
+    statements = figures["postgres_statements_per_execution"]
+    assert statements is None or statements > 0
+    assert statements is None or figures["postgres_top_statements"]
+    nats = figures["nats_per_execution"]
+    assert nats["in_msgs"] > 0 and nats["out_msgs"] > 0 and nats["in_bytes"] > 0
+    assert all(r["value"] is not None for r in cost["ratios"])
 
 
 def test_unknown_benchmark_is_refused() -> None:
