@@ -86,7 +86,7 @@ class Lifecycle:
         has room for. One whose job cannot be published waits again for a later dispatch;
         if that is `fresh` (the one being submitted) the error is raised."""
         failed: dict[str, Exception] = {}
-        for execution in await self.store.claim_dispatch(tenant):
+        for execution in await self.store.claim_dispatch(tenant, surely_waiting=fresh is not None):
             job = queue_pb2.Job(
                 execution_id=execution.id,
                 tenant=execution.tenant,

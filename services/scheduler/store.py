@@ -243,14 +243,36 @@ class ExecutionStore:
             )
             return cursor.rowcount
 
-    async def claim_dispatch(self, tenant: str) -> list[execution_pb2.Execution]:
+    async def claim_dispatch(
+        self, tenant: str, surely_waiting: bool = False
+    ) -> list[execution_pb2.Execution]:
         """Mark as handed over as many of `tenant`'s waiting executions as its running cap
-        leaves room for (interactive first, then oldest), and return them to be queued.
+        leaves room for (interactive first, then oldest), and return them to be queued;
+        `surely_waiting` when the caller just stored one.
 
         Under a per-tenant advisory lock, so schedulers running side by side never hand
         over more than the cap between them.
         """
-        async with self._pool.connection() as conn, conn.transaction():
+        async with self._pool.connection() as conn:
+            if surely_waiting:
+                return await self._claim(conn, tenant)
+            # Most runs end with nothing of their tenant waiting: one look at the partial
+            # index spares the locked claim. A row held after this look is its own
+            # submission's to dispatch (or the sweeper's).
+            cursor = await conn.execute(
+                "SELECT EXISTS (SELECT 1 FROM executions WHERE tenant = %s AND status = %s"
+                " AND dispatched_at IS NULL)",
+                (tenant, statuses.QUEUED),
+            )
+            waiting = await cursor.fetchone()
+            if waiting is None or not waiting[0]:
+                return []
+            return await self._claim(conn, tenant)
+
+    async def _claim(
+        self, conn: AsyncConnection[Any], tenant: str
+    ) -> list[execution_pb2.Execution]:
+        async with conn.transaction():
             cursor = conn.cursor(row_factory=dict_row)
             await cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (tenant,))
             await cursor.execute(
