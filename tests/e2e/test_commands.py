@@ -45,6 +45,43 @@ def test_sandmesh_run_passes_arguments_and_stdin(
     assert done.stdout == b"['x', 'y'] ABC\n"
 
 
+HELLO_BY_FILE = {
+    "hello.js": "console.log('hello from js')",
+    "hello.rb": "puts 'hello from rb'",
+    "hello.c": '#include <stdio.h>\nint main(void) { puts("hello from c"); return 0; }',
+    "Main.java": "public class Main { public static void main(String[] a) {"
+    ' System.out.println("hello from java"); } }',
+}
+
+
+def test_sandmesh_run_tells_every_language_by_its_file_name(
+    mesh: Mesh, servers: Servers, tmp_path: Path
+) -> None:
+    for name, source in HELLO_BY_FILE.items():
+        program = tmp_path / name
+        program.write_text(source)
+        done = sandmesh("run", str(program), *at(mesh, servers))
+        assert done.returncode == 0, (name, done.stderr)
+        suffix = "java" if name.endswith(".java") else name.rsplit(".", 1)[1]
+        assert done.stdout == f"hello from {suffix}\n".encode(), name
+    unknown = tmp_path / "notes.txt"
+    unknown.write_text("hi")
+    refused = sandmesh("run", str(unknown), *at(mesh, servers))
+    assert refused.returncode != 0
+    assert b"cannot tell the language" in refused.stderr and b".py" in refused.stderr
+
+
+def test_sandmesh_run_reads_a_pipe_and_stdin_dash(
+    mesh: Mesh, servers: Servers, tmp_path: Path
+) -> None:
+    program = tmp_path / "double.py"
+    program.write_text("print(int(input()) * 2)\n")
+    piped = sandmesh("run", str(program), *at(mesh, servers), input=b"21\n")
+    assert (piped.returncode, piped.stdout) == (0, b"42\n"), piped.stderr
+    dash = sandmesh("run", str(program), "--stdin", "-", *at(mesh, servers), input=b"5\n")
+    assert (dash.returncode, dash.stdout) == (0, b"10\n"), dash.stderr
+
+
 def test_sandmesh_run_on_a_missing_file_says_so(tmp_path: Path) -> None:
     done = sandmesh("run", str(tmp_path / "nope.py"), timeout=30)
     assert done.returncode != 0
@@ -125,6 +162,7 @@ def test_sandmesh_run_streams_output_while_the_program_runs_with_progress(
     started = time.monotonic()
     process = subprocess.Popen(
         [SANDMESH, "run", str(program), "--progress", *at(mesh, servers)],
+        stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )

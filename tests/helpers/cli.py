@@ -15,11 +15,20 @@ SANDMESH = str(Path(sys.executable).parent / "sandmesh")
 
 
 def sandmesh(
-    *args: str, timeout: float = 120, env: dict[str, str] | None = None
+    *args: str,
+    timeout: float = 120,
+    env: dict[str, str] | None = None,
+    input: bytes | None = None,
 ) -> subprocess.CompletedProcess[bytes]:
+    """Run the CLI; `input` is piped to it, else its standard input is /dev/null."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("SANDMESH_")}
     return subprocess.run(
-        [SANDMESH, *args], capture_output=True, timeout=timeout, env={**clean, **(env or {})}
+        [SANDMESH, *args],
+        capture_output=True,
+        timeout=timeout,
+        env={**clean, **(env or {})},
+        input=input,
+        stdin=subprocess.DEVNULL if input is None else None,
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import stat
 import sys
 from pathlib import Path
 from typing import BinaryIO
@@ -15,32 +16,48 @@ from sandmesh import client
 from sandmesh.execution.v1 import execution_pb2
 from sandmesh.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 
-LANGUAGE_BY_SUFFIX = {".py": "python3"}
 DEFAULT_GATEWAY = "127.0.0.1:50051"
 
 
-def _language_for(path: Path, given: str | None) -> str:
+async def _language_for(sdk: client.AsyncClient, path: Path, given: str | None) -> str:
+    """`given`, or the language whose file name ends like `path` (from ListLanguages)."""
     if given:
         return given
-    language = LANGUAGE_BY_SUFFIX.get(path.suffix)
+    by_suffix = {
+        Path(language.file_name).suffix: language.id
+        for language in sorted(await sdk.languages(), key=lambda language: language.id)
+    }
+    language = by_suffix.get(path.suffix)
     if language is None:
-        raise SystemExit(f"sandmesh: cannot tell the language of {path}; pass --language")
+        known = " ".join(sorted(by_suffix))
+        raise SystemExit(
+            f"sandmesh: cannot tell the language of {path} (known: {known}); pass --language"
+        )
     return language
 
 
+def _piped() -> bool:
+    """Whether standard input is a pipe or a file (not a terminal, not /dev/null)."""
+    try:
+        mode = os.fstat(0).st_mode
+    except OSError:
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISREG(mode)
+
+
 def _request(args: argparse.Namespace) -> execution_pb2.ExecutionRequest:
+    """The request without its language, which may need the gateway to tell."""
     path = Path(args.file)
     try:
         source = path.read_text()
-        stdin = Path(args.stdin).read_bytes() if args.stdin else b""
+        if args.stdin == "-" or (args.stdin is None and _piped()):
+            stdin = sys.stdin.buffer.read()
+        else:
+            stdin = Path(args.stdin).read_bytes() if args.stdin else b""
     except OSError as exc:
         raise SystemExit(f"sandmesh: cannot read {exc.filename}: {exc.strerror}") from None
     return execution_pb2.ExecutionRequest(
-        language=_language_for(path, args.language),
-        source=source,
-        stdin=stdin,
-        args=args.args,
-        limits=_limits(args.limit),
+        source=source, stdin=stdin, args=args.args, limits=_limits(args.limit)
     )
 
 
@@ -129,6 +146,11 @@ async def _run(args: argparse.Namespace, request: execution_pb2.ExecutionRequest
     async with client.AsyncClient(args.gateway, args.api_key, timeout=args.timeout) as sdk:
         try:
             deadline = client.Deadline(args.timeout)
+            request.language = await _language_for(
+                sdk,
+                Path(args.file),
+                args.language,
+            )
             execution = await sdk.submit(request, timeout=deadline.remaining())
             if show_progress:
                 _print_status(client.queued(execution))
@@ -269,7 +291,11 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("file")
     run.add_argument("args", nargs="*", help="command-line arguments for the program")
     run.add_argument("--language", help="language id (default: from the file suffix)")
-    run.add_argument("--stdin", help="file to feed to the program's standard input")
+    run.add_argument(
+        "--stdin",
+        help="file to feed to the program's standard input; '-' reads ours"
+        " (default: ours when it is a pipe or a file)",
+    )
     run.add_argument(
         "--limit",
         action="append",

@@ -226,6 +226,15 @@ class AsyncClient:
             await asyncio.sleep(delay)
             attempt += 1
 
+    async def languages(self, *, timeout: float | None = None) -> list[execution_pb2.Language]:
+        """The languages the mesh runs, with their versions, file names and limits."""
+        request = gateway_pb2.ListLanguagesRequest()
+        response = await self._call(
+            lambda left: self._gateway.ListLanguages(request, timeout=left),
+            self._deadline(timeout),
+        )
+        return list(response.languages)
+
     async def submit(
         self,
         request: execution_pb2.ExecutionRequest,
@@ -423,6 +432,15 @@ class Client:
                     raise
             time.sleep(delay)
             attempt += 1
+
+    def languages(self, *, timeout: float | None = None) -> list[execution_pb2.Language]:
+        """The languages the mesh runs, with their versions, file names and limits."""
+        request = gateway_pb2.ListLanguagesRequest()
+        response = self._call(
+            lambda left: self._gateway.ListLanguages(request, timeout=left),
+            self._deadline(timeout),
+        )
+        return list(response.languages)
 
     def submit(
         self,
