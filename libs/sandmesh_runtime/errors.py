@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterable
-from typing import Any, NoReturn
+from typing import Any
 
 import grpc
 import nats.errors
@@ -144,20 +144,6 @@ def translate(exc: BaseException) -> SandmeshError | None:
     if isinstance(exc, ConnectionError | nats.errors.Error):
         return Unavailable("the message queue is unavailable")
     return None
-
-
-async def abort(
-    context: grpc.aio.ServicerContext[Any, Any],
-    code: grpc.StatusCode,
-    message: str,
-    *details: Message,
-) -> NoReturn:
-    """Abort the call with `code`, `message` and google.rpc detail messages."""
-    status = status_pb2.Status(code=code.value[0], message=message)
-    for detail in details:
-        status.details.add().Pack(detail)
-    await context.abort_with_status(rpc_status.to_status(status))
-    raise AssertionError("abort_with_status returned")  # pragma: no cover
 
 
 @contextlib.asynccontextmanager
